@@ -1,0 +1,114 @@
+//! Batch lookups: ids + groups → the `{"personer":[…]}` answer, written into a reused buffer.
+//!
+//! This is exactly what `POST /rest/v1|v2/personer` serves. The answer keeps request order
+//! and duplicates (clients index it by position). v1 answers an unknown id as
+//! `IKKE_REGISTRERT`; v2 does so only with `inkluderIkkeRegistrerte`, and otherwise leaves
+//! it out.
+//!
+//! Ids are resolved in groups of [`PREFETCH`]: every slot of the group is prefetched, then
+//! the slots are read and every record prefetched, then the records are copied out, so the
+//! cache misses of a group overlap instead of following one another.
+
+use crate::fnr::PersonId;
+use crate::render::{self, Groups};
+use crate::snapshot::Snapshot;
+use crate::snapshot::load::RecordOffset;
+
+/// How many ids are prefetched together.
+pub const PREFETCH: usize = 16;
+
+/// What to write for a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// The groups the caller's scopes allow.
+    pub groups: Groups,
+    /// Whether unknown ids appear (as `IKKE_REGISTRERT`) or are left out.
+    pub include_not_registered: bool,
+}
+
+impl BatchOptions {
+    /// `/rest/v1/personer`: unknown ids always appear.
+    pub fn v1(groups: Groups) -> BatchOptions {
+        BatchOptions {
+            groups,
+            include_not_registered: true,
+        }
+    }
+
+    /// `/rest/v2/personer`: unknown ids appear only with `inkluderIkkeRegistrerte: true`.
+    pub fn v2(groups: Groups, inkluder_ikke_registrerte: bool) -> BatchOptions {
+        BatchOptions {
+            groups,
+            include_not_registered: inkluder_ikke_registrerte,
+        }
+    }
+}
+
+/// What a batch found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Entries for registered persons (AKTIV or SLETTET).
+    pub found: usize,
+    /// Ids not in the register (written or left out).
+    pub not_registered: usize,
+}
+
+/// Appends `{"personer":[…]}` for `ids` to `out` (which is not cleared: callers reuse it).
+pub fn write_personer(
+    snapshot: &Snapshot,
+    ids: &[PersonId],
+    opts: BatchOptions,
+    out: &mut Vec<u8>,
+) -> BatchStats {
+    let mut stats = BatchStats::default();
+    out.extend_from_slice(b"{\"personer\":[");
+    let mut first = true;
+    for group in ids.chunks(PREFETCH) {
+        for &id in group {
+            snapshot.prefetch(id);
+        }
+        let mut offsets: [Option<RecordOffset>; PREFETCH] = [None; PREFETCH];
+        for (slot, &id) in offsets.iter_mut().zip(group) {
+            *slot = snapshot.find(id);
+            if let Some(at) = *slot {
+                snapshot.prefetch_record(at);
+            }
+        }
+        let found = offsets.map(|at| at.and_then(|at| snapshot.record_at(at)));
+        for (rec, &id) in found.iter().zip(group) {
+            match rec {
+                Some(rec) => {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    snapshot.write_record(rec, opts.groups, out);
+                    stats.found += 1;
+                }
+                None => {
+                    stats.not_registered += 1;
+                    if opts.include_not_registered {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        render::write_not_registered(id, opts.groups, out);
+                    }
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    stats
+}
+
+/// Appends one person object (the user endpoint's answer); `false` if `id` is not registered.
+pub fn write_person(snapshot: &Snapshot, id: PersonId, groups: Groups, out: &mut Vec<u8>) -> bool {
+    match snapshot.get(id) {
+        Some(rec) => {
+            snapshot.write_record(&rec, groups, out);
+            true
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,286 @@
+//! Person → JSON, in the exact key order of `api.md`, never writing `null`.
+//!
+//! A person object is written as a sequence of *segments*, one per group, so that the
+//! snapshot builder can store each segment pre-rendered and a lookup only has to copy the
+//! segments the caller's scopes allow:
+//!
+//! ```text
+//! {"personidentifikator":"…","reservasjon":"NEI","status":"AKTIV"   head (always)
+//! ,"varslingsstatus":"KAN_VARSLES"                                  varsling
+//! ,"kontaktinformasjon":{…}                                         kontakt
+//! ,"digital_post":{…}                                               digitalpost
+//! ,"sertifikat":"MII…"                                              sertifikat
+//! ,"spraak":"nb","spraak_oppdatert":"…"                             spraak
+//! }
+//! ```
+//!
+//! Each segment starts with its own comma, so any subset concatenates into valid JSON.
+
+use crate::fnr::PersonId;
+use crate::model::{DigitalPost, Kontaktinformasjon, Person, Spraak, Status, Varslingsstatus};
+use crate::time::Timestamp;
+
+/// The set of optional groups a caller may see (reservation and status need no scope).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Groups(u8);
+
+impl Groups {
+    /// No optional group.
+    pub const NONE: Groups = Groups(0);
+    /// `varslingsstatus`.
+    pub const VARSLING: Groups = Groups(1);
+    /// `kontaktinformasjon`.
+    pub const KONTAKT: Groups = Groups(1 << 1);
+    /// `digital_post`.
+    pub const DIGITALPOST: Groups = Groups(1 << 2);
+    /// `sertifikat`.
+    pub const SERTIFIKAT: Groups = Groups(1 << 3);
+    /// `spraak` and `spraak_oppdatert`.
+    pub const SPRAAK: Groups = Groups(1 << 4);
+    /// Every group.
+    pub const ALL: Groups = Groups(0b1_1111);
+
+    /// True when every group of `other` is in `self`.
+    #[inline]
+    pub const fn contains(self, other: Groups) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union of two sets.
+    #[inline]
+    pub const fn union(self, other: Groups) -> Groups {
+        Groups(self.0 | other.0)
+    }
+
+    /// True when no group is in the set.
+    #[inline]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Every one of the 32 possible sets (for exhaustive tests).
+    pub fn every_combination() -> impl Iterator<Item = Groups> {
+        (0..=Groups::ALL.0).map(Groups)
+    }
+}
+
+impl std::ops::BitOr for Groups {
+    type Output = Groups;
+    fn bitor(self, rhs: Groups) -> Groups {
+        self.union(rhs)
+    }
+}
+
+/// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_ts(t: Timestamp, out: &mut Vec<u8>) {
+    out.push(b'"');
+    t.write_oslo(out);
+    out.push(b'"');
+}
+
+/// Head segment: `{"personidentifikator":"…"` then `"reservasjon"` (when present) and `"status"`.
+pub fn write_head(id: PersonId, reservasjon: Option<&str>, status: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"personidentifikator\":\"");
+    id.write_to(out);
+    out.push(b'"');
+    if let Some(r) = reservasjon {
+        out.extend_from_slice(b",\"reservasjon\":\"");
+        out.extend_from_slice(r.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"status\":\"");
+    out.extend_from_slice(status.as_bytes());
+    out.push(b'"');
+}
+
+/// Varsling segment.
+pub fn write_varsling(v: Varslingsstatus, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"varslingsstatus\":\"");
+    out.extend_from_slice(v.as_str().as_bytes());
+    out.push(b'"');
+}
+
+/// Kontakt segment; nothing when the group has no field.
+pub fn write_kontakt(k: &Kontaktinformasjon, out: &mut Vec<u8>) {
+    if k.is_empty() {
+        return;
+    }
+    out.extend_from_slice(b",\"kontaktinformasjon\":{");
+    let mut first = true;
+    let mut key = |name: &str, out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    if let Some(v) = &k.epostadresse {
+        key("epostadresse", out);
+        write_str(v, out);
+    }
+    if let Some(t) = k.epostadresse_oppdatert {
+        key("epostadresse_oppdatert", out);
+        write_ts(t, out);
+    }
+    if let Some(t) = k.epostadresse_sist_verifisert {
+        key("epostadresse_sist_verifisert", out);
+        write_ts(t, out);
+    }
+    if let Some(v) = &k.mobiltelefonnummer {
+        key("mobiltelefonnummer", out);
+        write_str(v, out);
+    }
+    if let Some(t) = k.mobiltelefonnummer_oppdatert {
+        key("mobiltelefonnummer_oppdatert", out);
+        write_ts(t, out);
+    }
+    if let Some(t) = k.mobiltelefonnummer_sist_verifisert {
+        key("mobiltelefonnummer_sist_verifisert", out);
+        write_ts(t, out);
+    }
+    out.push(b'}');
+}
+
+/// Digital post segment.
+pub fn write_digital_post(d: &DigitalPost, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"digital_post\":{\"postkasseadresse\":");
+    write_str(&d.postkasseadresse, out);
+    out.extend_from_slice(b",\"postkasseleverandoeradresse\":");
+    write_str(&d.postkasseleverandoeradresse, out);
+    out.push(b'}');
+}
+
+/// Sertifikat segment.
+pub fn write_sertifikat(base64_der: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"sertifikat\":");
+    write_str(base64_der, out);
+}
+
+/// Spraak segment: `spraak` and `spraak_oppdatert`, each only when present.
+pub fn write_spraak(spraak: Option<Spraak>, oppdatert: Option<Timestamp>, out: &mut Vec<u8>) {
+    if let Some(s) = spraak {
+        out.extend_from_slice(b",\"spraak\":\"");
+        out.extend_from_slice(s.as_str().as_bytes());
+        out.push(b'"');
+    }
+    if let Some(t) = oppdatert {
+        out.extend_from_slice(b",\"spraak_oppdatert\":");
+        write_ts(t, out);
+    }
+}
+
+/// Writes a whole person object with the groups in `groups`.
+///
+/// `varsling` is the notification status to show (stored or derived). A SLETTET person
+/// shows no reservation and no group but varsling, whatever the model holds.
+pub fn write_person(p: &Person, varsling: Varslingsstatus, groups: Groups, out: &mut Vec<u8>) {
+    let aktiv = p.status == Status::Aktiv;
+    let reservasjon = if aktiv {
+        p.reservasjon.map(|r| r.as_str())
+    } else {
+        None
+    };
+    write_head(p.id, reservasjon, p.status.as_str(), out);
+    if groups.contains(Groups::VARSLING) {
+        write_varsling(varsling, out);
+    }
+    if aktiv {
+        if groups.contains(Groups::KONTAKT) {
+            if let Some(k) = &p.kontaktinformasjon {
+                write_kontakt(k, out);
+            }
+        }
+        if groups.contains(Groups::DIGITALPOST) {
+            if let Some(d) = &p.digital_post {
+                write_digital_post(d, out);
+            }
+        }
+        if groups.contains(Groups::SERTIFIKAT) {
+            if let Some(c) = &p.sertifikat {
+                write_sertifikat(c, out);
+            }
+        }
+        if groups.contains(Groups::SPRAAK) {
+            write_spraak(p.spraak, p.spraak_oppdatert, out);
+        }
+    }
+    out.push(b'}');
+}
+
+/// Writes the answer for an id the register does not hold.
+pub fn write_not_registered(id: PersonId, groups: Groups, out: &mut Vec<u8>) {
+    write_head(id, None, "IKKE_REGISTRERT", out);
+    if groups.contains(Groups::VARSLING) {
+        write_varsling(Varslingsstatus::KanIkkeVarsles, out);
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_str(input: &str, expected: &str) {
+        let mut out = Vec::new();
+        write_str(input, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn string_escaping() {
+        check_str("a@b.no", r#""a@b.no""#);
+        check_str("q\"b\\s", r#""q\"b\\s""#);
+        check_str("nl\nt\t\u{1}", r#""nl\nt\t\u0001""#);
+        check_str("blåbær", "\"blåbær\"");
+        check_str("", r#""""#);
+    }
+
+    #[test]
+    fn not_registered_shapes() {
+        let id = PersonId::parse(b"20914695016").unwrap();
+        let mut out = Vec::new();
+        write_not_registered(id, Groups::NONE, &mut out);
+        assert_eq!(
+            out,
+            br#"{"personidentifikator":"20914695016","status":"IKKE_REGISTRERT"}"#
+        );
+        out.clear();
+        write_not_registered(id, Groups::VARSLING, &mut out);
+        assert_eq!(
+            out,
+            br#"{"personidentifikator":"20914695016","status":"IKKE_REGISTRERT","varslingsstatus":"KAN_IKKE_VARSLES"}"#
+        );
+    }
+}

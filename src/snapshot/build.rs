@@ -1,0 +1,629 @@
+//! `krr snapshot build`: export (JSONL) → snapshot file.
+//!
+//! 1. The input is memory-mapped and cut into pieces at line ends; pieces are parsed,
+//!    validated and pre-rendered in parallel (rayon), each into its own record buffer.
+//! 2. If any line is invalid the build stops: the first [`MAX_REPORTED_ERRORS`] errors by
+//!    line number and the total count are returned, and no file is written.
+//! 3. Certificates are interned (each distinct one stored once), record buffers are
+//!    concatenated, and the hash table is filled; a personal number seen twice is an error
+//!    naming both lines.
+//! 4. The body is serialised with rkyv straight into a temporary file next to the target,
+//!    hashed on the way; the header is written last; then fsync, rename, fsync of the
+//!    directory. A reader never sees half a file, and a crash leaves at most a temporary.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rayon::prelude::*;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
+use crate::render;
+use crate::snapshot::format::Body;
+use crate::snapshot::format::{
+    BodyHasher, Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET,
+    HEADER_LEN, Header, MAX_LOAD_PERCENT, NO_CERT, RECORD_HEADER_LEN, Slot, VERSION, home_slot,
+    rec, slot_count,
+};
+use crate::source::LineParser;
+use crate::time::Timestamp;
+
+/// How many line errors a failed build reports (the total is always given).
+pub const MAX_REPORTED_ERRORS: usize = 20;
+/// Size of the pieces the input is cut into for parallel parsing.
+const PIECE: usize = 4 << 20;
+
+/// Build settings.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The time the 18-month rule is evaluated at, and the header's build time.
+    pub build_time: Timestamp,
+    /// Journal directory to fold in.
+    pub journal: Option<PathBuf>,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    /// Build now, no journal, no progress bar.
+    pub fn now() -> BuildOptions {
+        BuildOptions {
+            build_time: Timestamp(chrono::Utc::now().timestamp()),
+            journal: None,
+            progress: false,
+        }
+    }
+}
+
+/// What a successful build did.
+#[derive(Clone, Debug)]
+pub struct BuildReport {
+    /// The written header.
+    pub header: Header,
+    /// Input lines read (blank lines included).
+    pub lines: u64,
+    /// Input size in bytes.
+    pub input_bytes: u64,
+    /// Output file size in bytes.
+    pub output_bytes: u64,
+    /// What happened with `--journal`, when given.
+    pub journal_note: Option<String>,
+}
+
+/// One refused input line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: u64,
+    /// Why (never holds a personal number).
+    pub reason: String,
+}
+
+/// Why a build failed. Nothing is written when it fails.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading the input or writing the output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Some lines are invalid.
+    #[error("{}", invalid_message(.errors, *.total))]
+    Invalid {
+        /// The first errors, by line number.
+        errors: Vec<LineError>,
+        /// How many lines are invalid in all.
+        total: u64,
+    },
+    /// A limit of the format was exceeded.
+    #[error("{0}")]
+    Limit(String),
+}
+
+fn invalid_message(errors: &[LineError], total: u64) -> String {
+    let mut m = format!(
+        "{total} invalid line{} in the input; the first {}:",
+        if total == 1 { "" } else { "s" },
+        errors.len()
+    );
+    for e in errors {
+        m.push_str(&format!("\n  line {}: {}", e.line, e.reason));
+    }
+    m
+}
+
+struct Entry {
+    key: u64,
+    offset: u64,
+    line: u64,
+}
+
+#[derive(Default)]
+struct Piece {
+    records: Vec<u8>,
+    entries: Vec<Entry>,
+    certs: Vec<String>,
+    errors: Vec<LineError>,
+    error_count: u64,
+    counts: Counts,
+}
+
+/// Builds a snapshot from the JSONL file `input` into `out`.
+pub fn build_file(
+    input: &Path,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    let io = |source| BuildError::Io {
+        path: input.to_owned(),
+        source,
+    };
+    let file = File::open(input).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return build_bytes(&[], out, opts);
+    }
+    let map = crate::snapshot::load::map_input(&file).map_err(io)?;
+    build_bytes(&map, out, opts)
+}
+
+/// Builds a snapshot from JSONL bytes into `out`.
+pub fn build_bytes(
+    data: &[u8],
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    let journal_note = match &opts.journal {
+        None => None,
+        Some(dir) if dir.is_dir() => Some(
+            "the journal format does not exist yet (PATCH arrives with the citizens' API); \
+             nothing was folded in and the snapshot records journal sequence 0"
+                .to_string(),
+        ),
+        Some(dir) => {
+            return Err(BuildError::Io {
+                path: dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "journal directory does not exist",
+                ),
+            });
+        }
+    };
+
+    let pieces = split_pieces(data);
+    let mut first_line = Vec::with_capacity(pieces.len());
+    let mut line = 1u64;
+    for p in &pieces {
+        first_line.push(line);
+        line += memchr::memchr_iter(b'\n', p).count() as u64;
+    }
+    let lines = if data.is_empty() {
+        0
+    } else {
+        line - u64::from(data.ends_with(b"\n"))
+    };
+
+    let bar = progress_bar(opts.progress, data.len() as u64);
+    let build_time = opts.build_time;
+    let pieces: Vec<Piece> = pieces
+        .par_iter()
+        .zip(first_line.par_iter())
+        .map(|(bytes, &first)| {
+            let piece = process_piece(bytes, first, build_time);
+            bar.inc(bytes.len() as u64);
+            piece
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    let total_errors: u64 = pieces.iter().map(|p| p.error_count).sum();
+    if total_errors > 0 {
+        let mut errors: Vec<LineError> = pieces.into_iter().flat_map(|p| p.errors).collect();
+        errors.sort_by_key(|e| e.line);
+        errors.truncate(MAX_REPORTED_ERRORS);
+        return Err(BuildError::Invalid {
+            errors,
+            total: total_errors,
+        });
+    }
+
+    let (body, counts, max_probe) = assemble(pieces)?;
+    let header = Header {
+        version: VERSION,
+        body_len: 0,
+        body_checksum: 0,
+        build_time,
+        journal_seq: 0,
+        counts,
+        max_probe,
+    };
+    let header = write_atomically(&body, header, out)?;
+    Ok(BuildReport {
+        header,
+        lines,
+        input_bytes: data.len() as u64,
+        output_bytes: HEADER_LEN as u64 + header.body_len,
+        journal_note,
+    })
+}
+
+fn progress_bar(enabled: bool, len: u64) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("parsing");
+    bar
+}
+
+/// Cuts `data` into pieces of about `PIECE` bytes, each ending at a line end.
+fn split_pieces(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(data.len() / PIECE + 1);
+    let mut rest = data;
+    while !rest.is_empty() {
+        if rest.len() <= PIECE {
+            out.push(rest);
+            break;
+        }
+        let cut = memchr::memchr(b'\n', &rest[PIECE..]).map_or(rest.len(), |i| PIECE + i + 1);
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
+}
+
+fn process_piece(bytes: &[u8], first_line: u64, now: Timestamp) -> Piece {
+    let mut piece = Piece {
+        records: Vec::with_capacity(bytes.len() / 2),
+        ..Piece::default()
+    };
+    let mut parser = LineParser::new();
+    let mut cert_ids: HashMap<String, u16, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+    let fail = |piece: &mut Piece, line: u64, reason: String| {
+        piece.error_count += 1;
+        if piece.errors.len() < MAX_REPORTED_ERRORS {
+            piece.errors.push(LineError { line, reason });
+        }
+    };
+    for (i, raw) in bytes.split(|&c| c == b'\n').enumerate() {
+        let line = first_line + i as u64;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let person = match parser.parse(raw) {
+            Ok(p) => p,
+            Err(e) => {
+                fail(&mut piece, line, e.reason);
+                continue;
+            }
+        };
+        let cert = match &person.sertifikat {
+            None => NO_CERT,
+            Some(c) => match cert_ids.get(c.as_str()) {
+                Some(&n) => n,
+                None => {
+                    if let Err(reason) = check_certificate(c) {
+                        fail(&mut piece, line, reason);
+                        continue;
+                    }
+                    let n = piece.certs.len();
+                    if n >= usize::from(NO_CERT) {
+                        fail(&mut piece, line, "too many distinct certificates".into());
+                        continue;
+                    }
+                    piece.certs.push(c.clone());
+                    cert_ids.insert(c.clone(), n as u16);
+                    n as u16
+                }
+            },
+        };
+        let offset = piece.records.len() as u64;
+        match write_record(&person, now, cert, &mut piece.records) {
+            Ok(flags) => {
+                count(&mut piece.counts, flags);
+                piece.entries.push(Entry {
+                    key: person.id.key(),
+                    offset,
+                    line,
+                });
+            }
+            Err(reason) => {
+                piece.records.truncate(offset as usize);
+                fail(&mut piece, line, reason);
+            }
+        }
+    }
+    piece
+}
+
+fn count(c: &mut Counts, flags: u16) {
+    c.records += 1;
+    if flags & FLAG_SLETTET != 0 {
+        c.slettet += 1;
+    } else {
+        c.aktiv += 1;
+    }
+    c.reservert += u64::from(flags & FLAG_RESERVERT != 0);
+    c.kan_varsles += u64::from(flags & FLAG_KAN_VARSLES != 0);
+    c.digital_post += u64::from(flags & FLAG_DIGITAL_POST != 0);
+}
+
+/// A certificate must be base64 (standard alphabet, padded) of a DER SEQUENCE.
+fn check_certificate(c: &str) -> Result<(), String> {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(c)
+        .map_err(|_| "sertifikat is not base64".to_string())?;
+    if der.first() != Some(&0x30) || der.len() < 64 {
+        return Err("sertifikat is not a DER-encoded X.509 certificate".into());
+    }
+    Ok(())
+}
+
+/// Appends one record (header + segments) and returns its flags.
+pub(crate) fn write_record(
+    p: &Person,
+    now: Timestamp,
+    cert: u16,
+    out: &mut Vec<u8>,
+) -> Result<u16, String> {
+    let start = out.len();
+    out.resize(start + RECORD_HEADER_LEN, 0);
+    let aktiv = p.status == Status::Aktiv;
+    let varsling = p.varslingsstatus_at(now);
+    let mut lens = [0u16; 5];
+    let mut seg = |n: usize, out: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| -> Result<(), String> {
+        let before = out.len();
+        f(out);
+        lens[n] = u16::try_from(out.len() - before)
+            .map_err(|_| "record is too large to store".to_string())?;
+        Ok(())
+    };
+    let reservasjon = if aktiv {
+        p.reservasjon.map(Reservasjon::as_str)
+    } else {
+        None
+    };
+    seg(0, out, &|o| {
+        render::write_head(p.id, reservasjon, p.status.as_str(), o)
+    })?;
+    seg(1, out, &|o| render::write_varsling(varsling, o))?;
+    if aktiv {
+        if let Some(k) = &p.kontaktinformasjon {
+            seg(2, out, &|o| render::write_kontakt(k, o))?;
+        }
+        if let Some(d) = &p.digital_post {
+            seg(3, out, &|o| render::write_digital_post(d, o))?;
+        }
+        seg(4, out, &|o| {
+            render::write_spraak(p.spraak, p.spraak_oppdatert, o)
+        })?;
+    }
+    let cert = if aktiv { cert } else { NO_CERT };
+    let mut flags = 0;
+    if !aktiv {
+        flags |= FLAG_SLETTET;
+    }
+    if p.reservasjon == Some(Reservasjon::Ja) {
+        flags |= FLAG_RESERVERT;
+    }
+    if varsling == Varslingsstatus::KanVarsles {
+        flags |= FLAG_KAN_VARSLES;
+    }
+    if aktiv && p.digital_post.is_some() {
+        flags |= FLAG_DIGITAL_POST;
+    }
+    let h = &mut out[start..start + RECORD_HEADER_LEN];
+    for (n, at) in [
+        rec::HEAD,
+        rec::VARSLING,
+        rec::KONTAKT,
+        rec::DIGITAL,
+        rec::SPRAAK,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h[at..at + 2].copy_from_slice(&lens[n].to_le_bytes());
+    }
+    h[rec::CERT..rec::CERT + 2].copy_from_slice(&cert.to_le_bytes());
+    h[rec::FLAGS..rec::FLAGS + 2].copy_from_slice(&flags.to_le_bytes());
+    Ok(flags)
+}
+
+/// Interns certificates across pieces, concatenates records and fills the hash table.
+fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
+    let mut certs: Vec<String> = Vec::new();
+    let mut cert_ids: HashMap<String, u16, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+    let mut counts = Counts::default();
+    let total: usize = pieces.iter().map(|p| p.records.len()).sum();
+    let mut records = Vec::with_capacity(total);
+    let mut entries: Vec<Entry> = Vec::with_capacity(pieces.iter().map(|p| p.entries.len()).sum());
+    for mut piece in pieces {
+        let mut remap = Vec::with_capacity(piece.certs.len());
+        for c in piece.certs.drain(..) {
+            let next = certs.len();
+            let id = *cert_ids.entry(c).or_insert_with_key(|c| {
+                certs.push(c.clone());
+                next as u16
+            });
+            if certs.len() >= usize::from(NO_CERT) {
+                return Err(BuildError::Limit(format!(
+                    "more than {} distinct certificates",
+                    NO_CERT - 1
+                )));
+            }
+            remap.push(id);
+        }
+        let base = records.len() as u64;
+        for e in &piece.entries {
+            let at = e.offset as usize + rec::CERT;
+            let local = u16::from_le_bytes([piece.records[at], piece.records[at + 1]]);
+            if local != NO_CERT {
+                let global = remap[usize::from(local)];
+                piece.records[at..at + 2].copy_from_slice(&global.to_le_bytes());
+            }
+        }
+        records.extend_from_slice(&piece.records);
+        drop(piece.records);
+        entries.extend(piece.entries.into_iter().map(|e| Entry {
+            offset: e.offset + base,
+            ..e
+        }));
+        counts.records += piece.counts.records;
+        counts.aktiv += piece.counts.aktiv;
+        counts.slettet += piece.counts.slettet;
+        counts.reservert += piece.counts.reservert;
+        counts.kan_varsles += piece.counts.kan_varsles;
+        counts.digital_post += piece.counts.digital_post;
+    }
+    counts.certs = certs.len() as u32;
+
+    let n = slot_count(entries.len() as u64);
+    debug_assert!(entries.len() as u64 * 100 <= n as u64 * MAX_LOAD_PERCENT);
+    let mask = n - 1;
+    let mut slots = vec![Slot::EMPTY; n];
+    let mut slot_line = vec![0u64; n];
+    let mut max_probe = 0u32;
+    let mut dup_errors = Vec::new();
+    let mut dup_count = 0u64;
+    for e in &entries {
+        let mut i = home_slot(e.key, mask);
+        let mut probe = 0u32;
+        loop {
+            if slots[i].key == crate::snapshot::format::EMPTY {
+                slots[i] = Slot {
+                    key: e.key,
+                    offset: e.offset,
+                };
+                slot_line[i] = e.line;
+                max_probe = max_probe.max(probe);
+                break;
+            }
+            if slots[i].key == e.key {
+                dup_count += 1;
+                dup_errors.push(LineError {
+                    line: e.line,
+                    reason: format!("personidentifikator already given on line {}", slot_line[i]),
+                });
+                break;
+            }
+            i = (i + 1) & mask;
+            probe += 1;
+        }
+    }
+    if dup_count > 0 {
+        dup_errors.sort_by_key(|e| e.line);
+        dup_errors.truncate(MAX_REPORTED_ERRORS);
+        return Err(BuildError::Invalid {
+            errors: dup_errors,
+            total: dup_count,
+        });
+    }
+    let certs = certs
+        .iter()
+        .map(|c| {
+            let mut seg = Vec::with_capacity(c.len() + 16);
+            render::write_sertifikat(c, &mut seg);
+            seg
+        })
+        .collect();
+    Ok((
+        Body {
+            slots,
+            records,
+            certs,
+        },
+        counts,
+        max_probe,
+    ))
+}
+
+/// An `io::Write` that hashes and counts what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: BodyHasher,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `body` to a temporary file beside `out`, then header, fsync, rename, dir fsync.
+fn write_atomically(body: &Body, mut header: Header, out: &Path) -> Result<Header, BuildError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BuildError::Io { path, source }
+    };
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .ok_or_else(|| BuildError::Limit("output path has no file name".into()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, &file);
+        w.write_all(&[0u8; HEADER_LEN]).map_err(io(&tmp))?;
+        let hw = HashingWriter {
+            inner: w,
+            hasher: BodyHasher::default(),
+            len: 0,
+        };
+        let hw = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+            body,
+            rkyv::ser::writer::IoWriter::new(hw),
+        )
+        .map_err(|e| BuildError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .into_inner();
+        let HashingWriter { inner, hasher, len } = hw;
+        inner.into_inner().map_err(|e| BuildError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        header.body_len = len;
+        header.body_checksum = hasher.finish();
+        file.write_all_at(&header.encode(), 0).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(header)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_end_at_line_ends_and_cover_everything() {
+        let mut data = Vec::new();
+        for i in 0..300_000 {
+            data.extend_from_slice(format!("line {i} with some padding text\n").as_bytes());
+        }
+        data.extend_from_slice(b"last line without newline");
+        let pieces = split_pieces(&data);
+        assert!(pieces.len() > 1);
+        assert_eq!(pieces.concat(), data);
+        for p in &pieces[..pieces.len() - 1] {
+            assert_eq!(p.last(), Some(&b'\n'));
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Opening a snapshot: check, map, verify, and read persons in place.
+//!
+//! # Safety
+//!
+//! This is the crate's only module with `unsafe` code, for two reasons:
+//!
+//! 1. **Mapping the file** (`MmapOptions::map`). A mapping is only sound while nobody
+//!    changes the file underneath it. Snapshot files are immutable by contract: the builder
+//!    writes a temporary file and renames it into place, and a newer snapshot is a new file,
+//!    never an edit of an old one (`docs/format.md` says so to operators). Replacing or
+//!    deleting the path does not affect an existing mapping: the old inode lives on until the
+//!    last reader unmaps it.
+//!    The builder maps its input export the same way and under the same contract.
+//! 2. **Reading the archive without re-validating it** (`rkyv::access_unchecked`). The body
+//!    is validated once with `rkyv::access` (bytecheck) in [`Snapshot::open`], after its
+//!    checksum matched; the mapping is immutable afterwards, so later accesses may skip it.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::fnr::PersonId;
+use crate::render::Groups;
+use crate::snapshot::SnapshotError;
+use crate::snapshot::format::{
+    self, ArchivedBody, EMPTY, FLAG_SLETTET, HEADER_LEN, Header, NO_CERT, RECORD_HEADER_LEN,
+    home_slot, rec,
+};
+
+/// An open, verified snapshot. Cheap to share behind an `Arc`; unmapped when dropped.
+pub struct Snapshot {
+    map: Mmap,
+    header: Header,
+    path: PathBuf,
+    mask: usize,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("id", &self.header.id())
+            .field("path", &self.path)
+            .field("records", &self.header.counts.records)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Opens `path`: checks the header, maps and prefaults the file, verifies the body
+    /// checksum (on every core) and the archive's structure. Any failure is a precise
+    /// [`SnapshotError`]; nothing is kept of a refused file.
+    pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < HEADER_LEN as u64 {
+            return Err(SnapshotError::TooShort { len });
+        }
+        let mut head = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        let header = Header::decode(&head)?;
+        let expected = (HEADER_LEN as u64).checked_add(header.body_len);
+        if expected != Some(len) {
+            return Err(SnapshotError::Length {
+                expected: expected.unwrap_or(u64::MAX),
+                actual: len,
+            });
+        }
+        // SAFETY: snapshot files are never modified after they are renamed into place (see
+        // the module documentation); `populate` prefaults every page so the request path
+        // takes no page fault.
+        let map = unsafe { MmapOptions::new().populate().map(&file) }.map_err(io)?;
+        let body = &map[HEADER_LEN..];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let actual = format::body_checksum(body, threads);
+        if actual != header.body_checksum {
+            return Err(SnapshotError::BodyChecksum {
+                expected: header.body_checksum,
+                actual,
+            });
+        }
+        let archived = rkyv::access::<ArchivedBody, rkyv::rancor::Error>(body)
+            .map_err(|e| SnapshotError::Layout(format!("archive does not validate: {e}")))?;
+        let slots = archived.slots.as_slice();
+        if !slots.len().is_power_of_two() {
+            return Err(SnapshotError::Layout(
+                "slot table length is not a power of two".into(),
+            ));
+        }
+        if header.max_probe as usize >= slots.len() {
+            return Err(SnapshotError::Layout(
+                "probe limit exceeds the slot table".into(),
+            ));
+        }
+        if archived.certs.len() != header.counts.certs as usize {
+            return Err(SnapshotError::Layout(
+                "certificate count differs from the header".into(),
+            ));
+        }
+        let records_len = archived.records.len() as u64;
+        let mut used = 0u64;
+        for s in slots {
+            if s.key.to_native() != EMPTY {
+                used += 1;
+                if s.offset.to_native() + RECORD_HEADER_LEN as u64 > records_len {
+                    return Err(SnapshotError::Layout(
+                        "a slot points past the records".into(),
+                    ));
+                }
+            }
+        }
+        if used != header.counts.records {
+            return Err(SnapshotError::Layout(format!(
+                "{used} slots in use, header says {} persons",
+                header.counts.records
+            )));
+        }
+        let mask = slots.len() - 1;
+        Ok(Snapshot {
+            map,
+            header,
+            path: path.to_owned(),
+            mask,
+        })
+    }
+
+    #[inline]
+    fn body(&self) -> &ArchivedBody {
+        // SAFETY: the body was validated by `rkyv::access` in `open`, and the mapping is
+        // immutable for the life of `self`.
+        unsafe { rkyv::access_unchecked::<ArchivedBody>(&self.map[HEADER_LEN..]) }
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The snapshot id (its body checksum in hex).
+    pub fn id(&self) -> String {
+        self.header.id()
+    }
+
+    /// The file this snapshot was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of persons.
+    pub fn len(&self) -> u64 {
+        self.header.counts.records
+    }
+
+    /// True for a snapshot of no persons.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of the mapped file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Finds a person: one hash, usually one cache line of slots, then the record.
+    #[inline]
+    pub fn get(&self, id: PersonId) -> Option<Record<'_>> {
+        self.find(id).and_then(|at| self.record_at(at))
+    }
+
+    /// Where `id`'s record starts, if the snapshot holds it (reads only the slot table).
+    #[inline]
+    pub fn find(&self, id: PersonId) -> Option<RecordOffset> {
+        let slots = self.body().slots.as_slice();
+        let key = id.key();
+        let mut i = home_slot(key, self.mask);
+        for _ in 0..=self.header.max_probe {
+            let s = &slots[i];
+            let k = s.key.to_native();
+            if k == key {
+                return Some(RecordOffset(s.offset.to_native() as usize));
+            }
+            if k == EMPTY {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// The record at `at` (from [`Snapshot::find`]).
+    #[inline]
+    pub fn record_at(&self, at: RecordOffset) -> Option<Record<'_>> {
+        Record::at(self.body().records.as_slice(), at.0)
+    }
+
+    /// Hints the CPU to start loading the record at `at`.
+    #[inline]
+    pub fn prefetch_record(&self, at: RecordOffset) {
+        let records = self.body().records.as_slice();
+        if let Some(b) = records.get(at.0) {
+            prefetch_read(b);
+        }
+    }
+
+    /// Hints the CPU to start loading the slot `id` hashes to.
+    #[inline]
+    pub fn prefetch(&self, id: PersonId) {
+        let slots = self.body().slots.as_slice();
+        let s = &slots[home_slot(id.key(), self.mask)];
+        prefetch_read(std::ptr::from_ref(s).cast());
+    }
+
+    /// The pre-rendered `,"sertifikat":"…"` segment of certificate `n`.
+    #[inline]
+    pub fn cert_segment(&self, n: u16) -> &[u8] {
+        self.body()
+            .certs
+            .get(usize::from(n))
+            .map_or(&[], |c| c.as_slice())
+    }
+
+    /// Appends `rec` rendered with `groups` (a whole JSON object).
+    #[inline]
+    pub fn write_record(&self, rec: &Record<'_>, groups: Groups, out: &mut Vec<u8>) {
+        out.extend_from_slice(rec.head());
+        if groups.contains(Groups::VARSLING) {
+            out.extend_from_slice(rec.varsling());
+        }
+        if groups.contains(Groups::KONTAKT) {
+            out.extend_from_slice(rec.kontakt());
+        }
+        if groups.contains(Groups::DIGITALPOST) {
+            out.extend_from_slice(rec.digital_post());
+        }
+        if groups.contains(Groups::SERTIFIKAT)
+            && let Some(c) = rec.cert()
+        {
+            out.extend_from_slice(self.cert_segment(c));
+        }
+        if groups.contains(Groups::SPRAAK) {
+            out.extend_from_slice(rec.spraak());
+        }
+        out.push(b'}');
+    }
+
+    /// Every personal number in the snapshot, in slot order (for tools, tests and benches).
+    pub fn ids(&self) -> impl Iterator<Item = PersonId> + '_ {
+        self.body()
+            .slots
+            .as_slice()
+            .iter()
+            .map(|s| s.key.to_native())
+            .filter(|&k| k != EMPTY)
+            .filter_map(PersonId::from_key)
+    }
+}
+
+/// Maps an export read-only for the builder (multi-GB exports are not copied into memory).
+pub(crate) fn map_input(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: exports, like snapshots, are not modified while a build reads them (the
+    // operator contract in `docs/format.md`); the builder only reads the bytes.
+    unsafe { Mmap::map(file) }
+}
+
+#[inline]
+fn prefetch_read(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The position of a record in a snapshot (valid only for the snapshot that gave it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordOffset(usize);
+
+/// One person's pre-rendered record inside a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    lens: [u16; 5],
+    cert: u16,
+    flags: u16,
+    segments: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    #[inline]
+    fn at(records: &'a [u8], offset: usize) -> Option<Record<'a>> {
+        let h = records.get(offset..offset + RECORD_HEADER_LEN)?;
+        let u = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+        let lens = [
+            u(rec::HEAD),
+            u(rec::VARSLING),
+            u(rec::KONTAKT),
+            u(rec::DIGITAL),
+            u(rec::SPRAAK),
+        ];
+        let total: usize = lens.iter().map(|&l| usize::from(l)).sum();
+        let start = offset + RECORD_HEADER_LEN;
+        let segments = records.get(start..start + total)?;
+        Some(Record {
+            lens,
+            cert: u(rec::CERT),
+            flags: u(rec::FLAGS),
+            segments,
+        })
+    }
+
+    #[inline]
+    fn segment(&self, n: usize) -> &'a [u8] {
+        let start: usize = self.lens[..n].iter().map(|&l| usize::from(l)).sum();
+        &self.segments[start..start + usize::from(self.lens[n])]
+    }
+
+    /// `{"personidentifikator":…,"status":…` (no closing brace).
+    #[inline]
+    pub fn head(&self) -> &'a [u8] {
+        self.segment(0)
+    }
+    /// `,"varslingsstatus":…`.
+    #[inline]
+    pub fn varsling(&self) -> &'a [u8] {
+        self.segment(1)
+    }
+    /// `,"kontaktinformasjon":{…}` or empty.
+    #[inline]
+    pub fn kontakt(&self) -> &'a [u8] {
+        self.segment(2)
+    }
+    /// `,"digital_post":{…}` or empty.
+    #[inline]
+    pub fn digital_post(&self) -> &'a [u8] {
+        self.segment(3)
+    }
+    /// `,"spraak":…,"spraak_oppdatert":…` or empty.
+    #[inline]
+    pub fn spraak(&self) -> &'a [u8] {
+        self.segment(4)
+    }
+    /// The person's certificate number, if any.
+    #[inline]
+    pub fn cert(&self) -> Option<u16> {
+        (self.cert != NO_CERT).then_some(self.cert)
+    }
+    /// Record flags (`format::FLAG_*`).
+    #[inline]
+    pub fn flags(&self) -> u16 {
+        self.flags
+    }
+    /// True for a SLETTET person.
+    #[inline]
+    pub fn is_slettet(&self) -> bool {
+        self.flags & FLAG_SLETTET != 0
+    }
+}
