@@ -145,6 +145,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64(),
                 h.id()
             );
+            let t = &report.timings;
+            eprintln!(
+                "phases: parse {:.2} s, assemble {:.2} s, write+fsync {:.2} s",
+                t.parse.as_secs_f64(),
+                t.assemble.as_secs_f64(),
+                t.write.as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot {

@@ -137,7 +137,9 @@ mod tests {
     fn refused_forms() {
         check("", Err(TimeError::Syntax));
         check("2023-06-29", Err(TimeError::Syntax));
-        check("2023-06-29 10:14:52+02", Err(TimeError::Syntax));
+        // RFC 3339 (section 5.6) lets a space stand for the T; chrono accepts it, so do we.
+        check("2023-06-29 10:14:52+02:00", Ok("2023-06-29T10:14:52+02"));
+        check("2023-06-29T10:14:52 +02", Err(TimeError::Syntax));
         check("2023-06-29T10:14:52", Err(TimeError::Syntax));
         check("2023-06-29T10:14:52+2", Err(TimeError::Syntax));
         check("2023-13-29T10:14:52+02", Err(TimeError::Syntax));

@@ -72,6 +72,19 @@ pub struct BuildReport {
     pub output_bytes: u64,
     /// What happened with `--journal`, when given.
     pub journal_note: Option<String>,
+    /// Wall time of each phase.
+    pub timings: BuildTimings,
+}
+
+/// Wall time of each build phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildTimings {
+    /// Parsing, validating and rendering (parallel).
+    pub parse: std::time::Duration,
+    /// Interning certificates, concatenating records, filling the hash table.
+    pub assemble: std::time::Duration,
+    /// Serialising and writing the file, up to and including fsync, rename and dir fsync.
+    pub write: std::time::Duration,
 }
 
 /// One refused input line.
@@ -191,6 +204,7 @@ pub fn build_bytes(
         line - u64::from(data.ends_with(b"\n"))
     };
 
+    let started = std::time::Instant::now();
     let bar = progress_bar(opts.progress, data.len() as u64);
     let build_time = opts.build_time;
     let pieces: Vec<Piece> = pieces
@@ -215,7 +229,9 @@ pub fn build_bytes(
         });
     }
 
+    let parsed = std::time::Instant::now();
     let (body, counts, max_probe) = assemble(pieces)?;
+    let assembled = std::time::Instant::now();
     let header = Header {
         version: VERSION,
         body_len: 0,
@@ -226,7 +242,13 @@ pub fn build_bytes(
         max_probe,
     };
     let header = write_atomically(&body, header, out)?;
+    let timings = BuildTimings {
+        parse: parsed - started,
+        assemble: assembled - parsed,
+        write: assembled.elapsed(),
+    };
     Ok(BuildReport {
+        timings,
         header,
         lines,
         input_bytes: data.len() as u64,
@@ -269,7 +291,8 @@ fn split_pieces(data: &[u8]) -> Vec<&[u8]> {
 
 fn process_piece(bytes: &[u8], first_line: u64, now: Timestamp) -> Piece {
     let mut piece = Piece {
-        records: Vec::with_capacity(bytes.len() / 2),
+        // Rendered records are smaller than their JSON lines (certificates are stored apart).
+        records: Vec::with_capacity(bytes.len()),
         ..Piece::default()
     };
     let mut parser = LineParser::new();
@@ -280,8 +303,12 @@ fn process_piece(bytes: &[u8], first_line: u64, now: Timestamp) -> Piece {
             piece.errors.push(LineError { line, reason });
         }
     };
-    for (i, raw) in bytes.split(|&c| c == b'\n').enumerate() {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+    for (i, end) in ends.enumerate() {
         let line = first_line + i as u64;
+        let raw = &bytes[start..end];
+        start = end + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;

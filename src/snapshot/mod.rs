@@ -10,7 +10,9 @@ pub mod build;
 pub mod format;
 pub mod load;
 
-pub use build::{BuildError, BuildOptions, BuildReport, LineError, build_file};
+pub use build::{
+    BuildError, BuildOptions, BuildReport, BuildTimings, LineError, build_bytes, build_file,
+};
 pub use format::{Counts, Header};
 pub use load::{Record, Snapshot};
 

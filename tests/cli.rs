@@ -1,0 +1,173 @@
+//! The `krr` binary as an operator uses it: generate, snapshot build, snapshot inspect.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn krr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_krr"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run krr")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn generate_is_deterministic_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = ["a", "b", "c"].map(|n| dir.path().join(format!("{n}.jsonl")));
+    for (out, seed) in [(&a, "9"), (&b, "9"), (&c, "10")] {
+        let o = krr(&[
+            "generate",
+            "--count",
+            "3000",
+            "--seed",
+            seed,
+            "--out",
+            p(out),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("wrote 3000 persons"));
+    }
+    let (a, b, c) = (
+        std::fs::read(a).unwrap(),
+        std::fs::read(b).unwrap(),
+        std::fs::read(c).unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.iter().filter(|&&x| x == b'\n').count(), 3000);
+}
+
+#[test]
+fn build_then_inspect_and_get_a_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("r.jsonl");
+    let snap = dir.path().join("r.krr");
+    assert!(
+        krr(&["generate", "--count", "2000", "--out", p(&jsonl)])
+            .status
+            .success()
+    );
+    let o = krr(&[
+        "snapshot",
+        "build",
+        "--input",
+        p(&jsonl),
+        "--out",
+        p(&snap),
+        "--build-time",
+        "2026-11-20T12:00:00Z",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("(2000 persons, 2000 lines"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = krr(&["snapshot", "inspect", p(&snap)]);
+    assert!(o.status.success());
+    let out = text(&o.stdout);
+    for want in [
+        "format        version 1",
+        "built         2026-11-20T13:00:00+01",
+        "journal seq   0",
+        "persons       2000 (AKTIV ",
+        "certificates  2",
+        "verdict       OK: checksum and layout verified",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+
+    let first = std::fs::read_to_string(&jsonl).unwrap();
+    let line = first.lines().find(|l| l.contains("digital_post")).unwrap();
+    let src: serde_json::Value = serde_json::from_str(line).unwrap();
+    let id = src["personidentifikator"].as_str().unwrap();
+    let o = krr(&["snapshot", "inspect", p(&snap), "--get", id]);
+    assert!(o.status.success());
+    let got: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+    for (k, v) in src.as_object().unwrap() {
+        assert_eq!(&got[k], v, "{k}");
+    }
+    assert!(got.get("varslingsstatus").is_some());
+
+    // An id that is not there, and one that is not an id.
+    let o = krr(&["snapshot", "inspect", p(&snap), "--get", "20914695016"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(
+        text(&o.stderr),
+        "that personal number is not in this snapshot\n"
+    );
+    let o = krr(&["snapshot", "inspect", p(&snap), "--get", "2091469501"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--get must be a personal number of 11 digits"));
+}
+
+#[test]
+fn bad_input_fails_with_line_numbers_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"personidentifikator\":\"11822648950\",\"status\":\"SLETTET\"}\n\
+         {\"personidentifikator\":\"20914695016\",\"status\":\"AKTIV\"}\n\
+         not json\n",
+    )
+    .unwrap();
+    let snap = dir.path().join("bad.krr");
+    let o = krr(&["snapshot", "build", "--input", p(&jsonl), "--out", p(&snap)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("2 invalid lines in the input; the first 2:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: reservasjon is required for an AKTIV person"),
+        "{err}"
+    );
+    assert!(err.contains("line 3: invalid JSON"), "{err}");
+    assert!(!err.contains("20914695016"), "{err}");
+    assert!(!snap.exists());
+}
+
+#[test]
+fn inspect_reports_a_corrupt_file_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("r.jsonl");
+    let snap = dir.path().join("r.krr");
+    assert!(
+        krr(&["generate", "--count", "200", "--out", p(&jsonl)])
+            .status
+            .success()
+    );
+    assert!(
+        krr(&["snapshot", "build", "--input", p(&jsonl), "--out", p(&snap)])
+            .status
+            .success()
+    );
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&snap, bytes).unwrap();
+    let o = krr(&["snapshot", "inspect", p(&snap)]);
+    assert_eq!(o.status.code(), Some(2));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("persons       200"),
+        "the header is still shown: {out}"
+    );
+    assert!(
+        out.contains("verdict       REFUSED: body checksum mismatch"),
+        "{out}"
+    );
+}

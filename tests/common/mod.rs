@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use krr::generate::{GenerateOptions, generate_file};
+use krr::snapshot::{BuildOptions, build_file};
+use krr::time::Timestamp;
+
+/// Build time used by the tests: 2026-11-20T12:00:00Z (fixed, so the 18-month rule gives
+/// the same answer on any day).
+pub const BUILD_TIME: Timestamp = Timestamp(1_795_176_000);
+
+pub fn build_opts() -> BuildOptions {
+    BuildOptions {
+        build_time: BUILD_TIME,
+        journal: None,
+        progress: false,
+    }
+}
+
+/// Generates `count` persons with `seed` into `dir`, builds a snapshot; returns both paths.
+pub fn register(dir: &Path, name: &str, count: u64, seed: u64) -> (PathBuf, PathBuf) {
+    let jsonl = dir.join(format!("{name}.jsonl"));
+    let krr = dir.join(format!("{name}.krr"));
+    generate_file(
+        &jsonl,
+        &GenerateOptions {
+            count,
+            seed,
+            as_of: krr::generate::DEFAULT_AS_OF,
+            progress: false,
+        },
+    )
+    .unwrap();
+    build_file(&jsonl, &krr, &build_opts()).unwrap();
+    (jsonl, krr)
+}
+
+/// The source lines as JSON values.
+pub fn source_values(jsonl: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Object keys in order.
+pub fn keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
