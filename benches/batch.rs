@@ -1,1 +1,88 @@
-fn main() {}
+//! A batch of 1000 random ids, all groups: from the pre-rendered snapshot (what the service
+//! does) against rendering the same persons from in-memory structs at request time.
+
+mod common;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use krr::fnr::PersonId;
+use krr::lookup::{BatchOptions, write_personer};
+use krr::model::Person;
+use krr::render::{Groups, write_person};
+use krr::snapshot::Snapshot;
+use krr::time::Timestamp;
+
+const BATCH: usize = 1000;
+
+fn draw<T: Copy>(pool: &[T], rng: &mut ChaCha8Rng) -> Vec<T> {
+    (0..BATCH)
+        .map(|_| pool[rng.random_range(0..pool.len())])
+        .collect()
+}
+
+fn batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batch_1000_all_groups");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for n in common::sizes() {
+        let snap = Snapshot::open(&common::snapshot(n)).unwrap();
+        let ids: Vec<PersonId> = snap.ids().collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut out = Vec::with_capacity(4 << 20);
+        // A new draw of ids across the whole snapshot for every iteration (drawn outside
+        // the timed part).
+        g.bench_function(format!("prerendered/{}", common::label(n)), |b| {
+            b.iter_batched_ref(
+                || draw(&ids, &mut rng),
+                |batch| {
+                    out.clear();
+                    write_personer(&snap, batch, BatchOptions::v1(Groups::ALL), &mut out);
+                    out.len()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
+    // The alternative: persons held as structs, rendered (timestamps converted to Oslo
+    // time) per request. No index lookup is timed here, so this is a lower bound for it.
+    let n = common::sizes()[0];
+    let text = std::fs::read_to_string(common::export(n)).unwrap();
+    let mut parser = krr::source::LineParser::new();
+    let persons: Vec<Person> = text
+        .lines()
+        .map(|l| parser.parse(l.as_bytes()).unwrap())
+        .collect();
+    drop(text);
+    let idx: Vec<usize> = (0..persons.len()).collect();
+    let now = Timestamp(chrono::Utc::now().timestamp());
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut out = Vec::with_capacity(4 << 20);
+    g.bench_function(
+        format!("render_at_request_time/{}", common::label(n)),
+        |b| {
+            b.iter_batched_ref(
+                || draw(&idx, &mut rng),
+                |batch| {
+                    out.clear();
+                    out.extend_from_slice(b"{\"personer\":[");
+                    for (k, &i) in batch.iter().enumerate() {
+                        if k > 0 {
+                            out.push(b',');
+                        }
+                        let p = &persons[i];
+                        write_person(p, p.varslingsstatus_at(now), Groups::ALL, &mut out);
+                    }
+                    out.extend_from_slice(b"]}");
+                    out.len()
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, batch);
+criterion_main!(benches);

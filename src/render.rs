@@ -217,20 +217,20 @@ pub fn write_person(p: &Person, varsling: Varslingsstatus, groups: Groups, out: 
         write_varsling(varsling, out);
     }
     if aktiv {
-        if groups.contains(Groups::KONTAKT) {
-            if let Some(k) = &p.kontaktinformasjon {
-                write_kontakt(k, out);
-            }
+        if groups.contains(Groups::KONTAKT)
+            && let Some(k) = &p.kontaktinformasjon
+        {
+            write_kontakt(k, out);
         }
-        if groups.contains(Groups::DIGITALPOST) {
-            if let Some(d) = &p.digital_post {
-                write_digital_post(d, out);
-            }
+        if groups.contains(Groups::DIGITALPOST)
+            && let Some(d) = &p.digital_post
+        {
+            write_digital_post(d, out);
         }
-        if groups.contains(Groups::SERTIFIKAT) {
-            if let Some(c) = &p.sertifikat {
-                write_sertifikat(c, out);
-            }
+        if groups.contains(Groups::SERTIFIKAT)
+            && let Some(c) = &p.sertifikat
+        {
+            write_sertifikat(c, out);
         }
         if groups.contains(Groups::SPRAAK) {
             write_spraak(p.spraak, p.spraak_oppdatert, out);
