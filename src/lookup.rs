@@ -15,7 +15,7 @@ use crate::snapshot::Snapshot;
 use crate::snapshot::load::RecordOffset;
 
 /// How many ids are prefetched together.
-pub const PREFETCH: usize = 16;
+pub const PREFETCH: usize = 32;
 
 /// What to write for a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
