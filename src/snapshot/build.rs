@@ -4,9 +4,9 @@
 //!    validated and pre-rendered in parallel (rayon), each into its own record buffer.
 //! 2. If any line is invalid the build stops: the first [`MAX_REPORTED_ERRORS`] errors by
 //!    line number and the total count are returned, and no file is written.
-//! 3. Certificates are interned (each distinct one stored once), record buffers are
-//!    concatenated, and the hash table is filled; a personal number seen twice is an error
-//!    naming both lines.
+//! 3. Certificates are interned (each distinct one stored once), record buffers are lined
+//!    up (never copied into one), and the hash table is filled; a personal number seen
+//!    twice is an error naming both lines.
 //! 4. The body is serialised with rkyv straight into a temporary file next to the target,
 //!    hashed on the way; the header is written last; then fsync, rename, fsync of the
 //!    directory. A reader never sees half a file, and a crash leaves at most a temporary.
@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
 use crate::render;
-use crate::snapshot::format::Body;
+use crate::snapshot::format::{Body, RecordPieces};
 use crate::snapshot::format::{
     BodyHasher, Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET,
     HEADER_LEN, Header, MAX_LOAD_PERCENT, NO_CERT, RECORD_HEADER_LEN, Slot, VERSION, home_slot,
@@ -146,6 +146,7 @@ struct Piece {
     errors: Vec<LineError>,
     error_count: u64,
     counts: Counts,
+    newlines: u64,
 }
 
 /// Builds a snapshot from the JSONL file `input` into `out`.
@@ -191,32 +192,31 @@ pub fn build_bytes(
         }
     };
 
-    let pieces = split_pieces(data);
-    let mut first_line = Vec::with_capacity(pieces.len());
-    let mut line = 1u64;
-    for p in &pieces {
-        first_line.push(line);
-        line += memchr::memchr_iter(b'\n', p).count() as u64;
-    }
-    let lines = if data.is_empty() {
-        0
-    } else {
-        line - u64::from(data.ends_with(b"\n"))
-    };
-
     let started = std::time::Instant::now();
     let bar = progress_bar(opts.progress, data.len() as u64);
     let build_time = opts.build_time;
-    let pieces: Vec<Piece> = pieces
+    // One pass over the input: pieces number their lines from 0, and the numbers are made
+    // absolute afterwards from the pieces' newline counts.
+    let mut pieces: Vec<Piece> = split_pieces(data)
         .par_iter()
-        .zip(first_line.par_iter())
-        .map(|(bytes, &first)| {
-            let piece = process_piece(bytes, first, build_time);
+        .map(|bytes| {
+            let piece = process_piece(bytes, build_time);
             bar.inc(bytes.len() as u64);
             piece
         })
         .collect();
     bar.finish_and_clear();
+    let mut first_line = 1u64;
+    for piece in &mut pieces {
+        for e in &mut piece.errors {
+            e.line += first_line;
+        }
+        for e in &mut piece.entries {
+            e.line += first_line;
+        }
+        first_line += piece.newlines;
+    }
+    let lines = first_line - 1 + u64::from(!data.is_empty() && !data.ends_with(b"\n"));
 
     let total_errors: u64 = pieces.iter().map(|p| p.error_count).sum();
     if total_errors > 0 {
@@ -289,7 +289,8 @@ fn split_pieces(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-fn process_piece(bytes: &[u8], first_line: u64, now: Timestamp) -> Piece {
+/// Parses one piece; line numbers in the result count from 0 within the piece.
+fn process_piece(bytes: &[u8], now: Timestamp) -> Piece {
     let mut piece = Piece {
         // Rendered records are smaller than their JSON lines (certificates are stored apart).
         records: Vec::with_capacity(bytes.len()),
@@ -306,7 +307,8 @@ fn process_piece(bytes: &[u8], first_line: u64, now: Timestamp) -> Piece {
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
     for (i, end) in ends.enumerate() {
-        let line = first_line + i as u64;
+        let line = i as u64;
+        piece.newlines += u64::from(end < bytes.len());
         let raw = &bytes[start..end];
         start = end + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -453,13 +455,13 @@ pub(crate) fn write_record(
     Ok(flags)
 }
 
-/// Interns certificates across pieces, concatenates records and fills the hash table.
+/// Interns certificates across pieces, lines up the record pieces and fills the hash table.
 fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
     let mut certs: Vec<String> = Vec::new();
     let mut cert_ids: HashMap<String, u16, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
     let mut counts = Counts::default();
-    let total: usize = pieces.iter().map(|p| p.records.len()).sum();
-    let mut records = Vec::with_capacity(total);
+    let mut records = RecordPieces::default();
+    let mut base = 0u64;
     let mut entries: Vec<Entry> = Vec::with_capacity(pieces.iter().map(|p| p.entries.len()).sum());
     for mut piece in pieces {
         let mut remap = Vec::with_capacity(piece.certs.len());
@@ -477,7 +479,6 @@ fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
             }
             remap.push(id);
         }
-        let base = records.len() as u64;
         for e in &piece.entries {
             let at = e.offset as usize + rec::CERT;
             let local = u16::from_le_bytes([piece.records[at], piece.records[at + 1]]);
@@ -486,12 +487,12 @@ fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
                 piece.records[at..at + 2].copy_from_slice(&global.to_le_bytes());
             }
         }
-        records.extend_from_slice(&piece.records);
-        drop(piece.records);
         entries.extend(piece.entries.into_iter().map(|e| Entry {
             offset: e.offset + base,
             ..e
         }));
+        base += piece.records.len() as u64;
+        records.pieces.push(piece.records);
         counts.records += piece.counts.records;
         counts.aktiv += piece.counts.aktiv;
         counts.slettet += piece.counts.slettet;

@@ -107,10 +107,63 @@ pub const FLAG_DIGITAL_POST: u16 = 1 << 3;
 pub struct Body {
     /// The hash table.
     pub slots: Vec<Slot>,
-    /// Pre-rendered persons.
-    pub records: Vec<u8>,
+    /// Pre-rendered persons (archived as one byte vector).
+    pub records: RecordPieces,
     /// Pre-rendered certificate segments.
     pub certs: Vec<Vec<u8>>,
+}
+
+/// The records as the builder rendered them, piece by piece; archived as one contiguous
+/// `ArchivedVec<u8>` (the pieces are written one after the other), so the builder never
+/// has to concatenate gigabytes in memory.
+#[derive(Default)]
+pub struct RecordPieces {
+    /// The pieces, in order.
+    pub pieces: Vec<Vec<u8>>,
+}
+
+impl RecordPieces {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for RecordPieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordPieces")
+            .field("pieces", &self.pieces.len())
+            .field("bytes", &self.len())
+            .finish()
+    }
+}
+
+impl rkyv::Archive for RecordPieces {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.len(), resolver, out);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for RecordPieces
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Writer<<S as rkyv::rancor::Fallible>::Error> + ?Sized,
+{
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        // Bytes need no alignment; the vector's elements start here.
+        let pos = s.pos();
+        for piece in &self.pieces {
+            s.write(piece)?;
+        }
+        Ok(rkyv::vec::VecResolver::from_pos(pos))
+    }
 }
 
 /// One hash table slot.
