@@ -19,6 +19,9 @@
 //! - [`snapshot`]: the file format, the builder and the zero-copy loader.
 //! - [`store`]: the hot-swapped handle the service reads through.
 //! - [`lookup`]: ids + groups → the `{"personer":[…]}` answer in a reused buffer.
+//! - [`auth`]: OAuth2 access tokens: JWKS, verification, scopes, test-token minting.
+//! - [`http`]: the public API over hyper (routes, errors, `application/jose`).
+//! - [`serve`]: `krr serve` and `krr demo`: configuration, start-up, the quick start.
 //! - [`generate`]: the deterministic synthetic register.
 //!
 //! `ARCHITECTURE.md` has the invariants; `docs/format.md` the bytes of a snapshot.
@@ -26,11 +29,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod fnr;
 pub mod generate;
+pub mod http;
 pub mod lookup;
 pub mod model;
 pub mod render;
+pub mod serve;
 pub mod snapshot;
 pub mod source;
 pub mod store;

@@ -1,6 +1,7 @@
 //! `krr`: the command line. Parses arguments and calls the library; nothing else.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -46,6 +47,103 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Serve the API.
+    Serve(Box<ServeArgs>),
+    /// Mint a signed test token (development and load tests); prints the token alone.
+    Token {
+        /// RSA (RS256) or EC P-256 (ES256) private key, PEM (PKCS#8 or PKCS#1).
+        #[arg(long, env = "KRR_KEY")]
+        key: PathBuf,
+        /// Space-separated scopes.
+        #[arg(long, env = "KRR_SCOPE")]
+        scope: String,
+        /// `pid` claim: the person of a user token, or the one person a machine token may look up.
+        #[arg(long, env = "KRR_PID")]
+        pid: Option<String>,
+        /// `iss` claim.
+        #[arg(long, env = "KRR_ISS", default_value = krr::auth::mint::MASKINPORTEN)]
+        iss: String,
+        /// Lifetime in seconds.
+        #[arg(long, env = "KRR_TTL", default_value_t = 3600)]
+        ttl: u64,
+        /// `kid` header (must match a key of the service's JWKS).
+        #[arg(long, env = "KRR_KID")]
+        kid: Option<String>,
+        /// `aud` claim.
+        #[arg(long, env = "KRR_AUD")]
+        aud: Option<String>,
+        /// The consumer's organisation number (machine tokens).
+        #[arg(long, env = "KRR_CONSUMER", default_value = "991825827")]
+        consumer: String,
+        /// Make a user (ID-porten) token: adds `acr`, drops `consumer`.
+        #[arg(long, env = "KRR_USER")]
+        user: bool,
+    },
+    /// The quick start: a synthetic register, development keys, and the service trusting
+    /// only those keys; prints a curl command that works. Reuses what exists.
+    Demo {
+        /// Public API address.
+        #[arg(long, env = "KRR_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the demo keeps its files (git-ignored).
+        #[arg(long, env = "KRR_DEMO_DIR", default_value = "data/demo")]
+        demo_dir: PathBuf,
+        /// Where the demo snapshot goes.
+        #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
+        snapshot_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Public API address.
+    #[arg(long, env = "KRR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Serves the newest valid *.krr here (by header build time).
+    #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
+    snapshot_dir: PathBuf,
+    /// Trusted token-signing keys, a JWKS JSON file.
+    #[arg(long, env = "KRR_JWKS_FILE", conflicts_with = "jwks_url")]
+    jwks_file: Option<PathBuf>,
+    /// Trusted token-signing keys, fetched from this URL (cached, refreshed).
+    #[arg(long, env = "KRR_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// Accepted `iss` value (repeatable), e.g. https://maskinporten.no/.
+    #[arg(long = "issuer", env = "KRR_ISSUER", value_delimiter = ',')]
+    issuers: Vec<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "KRR_AUDIENCE")]
+    audience: Option<String>,
+    /// RSA private key (PEM) signing `application/jose` answers.
+    #[arg(long, env = "KRR_SIGNING_KEY", requires = "signing_cert")]
+    signing_key: Option<PathBuf>,
+    /// Certificate chain (PEM, leaf first) of the signing key; sent as `x5c`.
+    #[arg(long, env = "KRR_SIGNING_CERT", requires = "signing_key")]
+    signing_cert: Option<PathBuf>,
+    /// Organisation number of the print provider (`printSertifikat`).
+    #[arg(long, env = "KRR_PRINT_PROVIDER", requires = "print_cert")]
+    print_provider: Option<String>,
+    /// The print provider's certificate (PEM).
+    #[arg(long, env = "KRR_PRINT_CERT", requires = "print_provider")]
+    print_cert: Option<PathBuf>,
+    /// Most open connections.
+    #[arg(long, env = "KRR_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "KRR_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "KRR_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, env = "KRR_BODY_TIMEOUT", default_value_t = 10)]
+    body_timeout: u64,
+    /// Allowed clock skew in seconds for exp, nbf and iat.
+    #[arg(long, env = "KRR_CLOCK_SKEW", default_value_t = 60)]
+    clock_skew: u64,
+    /// Seconds between JWKS refreshes.
+    #[arg(long, env = "KRR_JWKS_REFRESH", default_value_t = 300)]
+    jwks_refresh: u64,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +255,89 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot {
             command: SnapshotCommand::Inspect { path, get },
         } => inspect(path, get),
+        Command::Serve(args) => {
+            init_tracing();
+            runtime()?.block_on(krr::serve::serve(serve_config(*args)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            key,
+            scope,
+            pid,
+            iss,
+            ttl,
+            kid,
+            aud,
+            consumer,
+            user,
+        } => {
+            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let opts = krr::auth::mint::MintOptions {
+                scope,
+                pid,
+                iss,
+                ttl,
+                kid,
+                aud,
+                consumer,
+                user,
+            };
+            println!("{}", krr::auth::mint::mint(&pem, &opts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            listen,
+            demo_dir,
+            snapshot_dir,
+        } => {
+            init_tracing();
+            let paths = krr::serve::DemoPaths {
+                dir: demo_dir,
+                snapshot_dir,
+            };
+            runtime()?.block_on(krr::serve::demo(paths, listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KRR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
+    let jwks = match (a.jwks_file, a.jwks_url) {
+        (Some(f), _) => Some(krr::auth::JwksSource::File(f)),
+        (None, Some(u)) => Some(krr::auth::JwksSource::Url(u)),
+        (None, None) => None,
+    };
+    krr::serve::ServeConfig {
+        listen: a.listen,
+        snapshot_dir: a.snapshot_dir,
+        jwks,
+        issuers: a.issuers,
+        audience: a.audience,
+        signing: a.signing_key.zip(a.signing_cert),
+        print: a.print_provider.zip(a.print_cert),
+        limits: krr::http::Limits {
+            max_connections: a.max_connections,
+            max_body_bytes: a.max_body_bytes,
+            header_timeout: std::time::Duration::from_secs(a.header_timeout),
+            body_timeout: std::time::Duration::from_secs(a.body_timeout),
+        },
+        clock_skew: std::time::Duration::from_secs(a.clock_skew),
+        jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
     }
 }
 

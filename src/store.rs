@@ -50,3 +50,47 @@ impl Store {
             .expect("just published"))
     }
 }
+
+/// The `*.krr` files of `dir` whose headers decode, newest build first. Files whose header
+/// cannot be read are logged and skipped (the name only; nothing personal is in a path).
+pub fn candidates(
+    dir: &Path,
+) -> std::io::Result<Vec<(std::path::PathBuf, crate::snapshot::Header)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "krr") {
+            continue;
+        }
+        let header = std::fs::File::open(&path).and_then(|f| {
+            let mut head = [0u8; crate::snapshot::format::HEADER_LEN];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)?;
+            Ok(head)
+        });
+        match header.map(|h| crate::snapshot::Header::decode(&h)) {
+            Ok(Ok(h)) => out.push((path, h)),
+            Ok(Err(e)) => tracing::warn!(file = %path.display(), cause = %e, "snapshot refused"),
+            Err(e) => tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable"),
+        }
+    }
+    out.sort_by(|a, b| {
+        b.1.build_time
+            .cmp(&a.1.build_time)
+            .then_with(|| b.0.cmp(&a.0))
+    });
+    Ok(out)
+}
+
+impl Store {
+    /// Publishes the newest snapshot of `dir` that passes every check; refused files are
+    /// logged with the reason. `None` when no file qualifies (the current one stays).
+    pub fn load_newest(&self, dir: &Path) -> std::io::Result<Option<Arc<Snapshot>>> {
+        for (path, _) in candidates(dir)? {
+            match self.load_file(&path) {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) => tracing::warn!(file = %path.display(), cause = %e, "snapshot refused"),
+            }
+        }
+        Ok(None)
+    }
+}

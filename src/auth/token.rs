@@ -1,0 +1,309 @@
+//! Access token verification: JWT, signed by a trusted issuer, checked locally.
+//!
+//! Order of checks: the header is read first (only RS256, RS384, RS512 and ES256 are
+//! accepted; `none` and HMAC never, whatever a key set says), then the key is chosen by
+//! `kid` (an unknown `kid` may cause one JWKS refetch a minute), then signature, `iss`
+//! (exact), `exp`, `nbf`, `iat` (with a small skew) and `aud` (when one is required).
+//! A verified token is cached until it expires, so a client reusing its token pays for the
+//! signature check once.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use dashmap::DashMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::auth::jwks::{Family, KeyStore};
+use crate::auth::scopes::Grants;
+use crate::fnr::PersonId;
+
+/// Why a request is not authenticated. Descriptions are fixed strings: never a token value,
+/// never a personal number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer …` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// A token was given but is not acceptable.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Who is calling, as the verified token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// What the scopes allow.
+    pub grants: Grants,
+    /// The `pid` claim: the logged-in person (user tokens) or the one person a
+    /// pid-restricted machine token may look up.
+    pub pid: Option<PersonId>,
+    /// True for a user token (it carries `acr`).
+    pub user: bool,
+    /// The consumer's organisation number (from `consumer.ID`, `0192:<orgnr>`), for audit.
+    pub consumer: Option<String>,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+}
+
+impl Principal {
+    /// A machine token that carries `pid` may only look up that person.
+    pub fn restricted_to(&self) -> Option<PersonId> {
+        if self.user { None } else { self.pid }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: i64,
+    iat: Option<i64>,
+    #[serde(default)]
+    scope: String,
+    pid: Option<String>,
+    acr: Option<String>,
+    consumer: Option<Consumer>,
+}
+
+#[derive(Deserialize)]
+struct Consumer {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// Most tokens kept in the verified-token cache.
+const CACHE_CAP: usize = 100_000;
+
+/// Verifies tokens against a key store and the configured issuers and audience.
+pub struct Verifier {
+    keys: Arc<KeyStore>,
+    issuers: Vec<String>,
+    audience: Option<String>,
+    skew_secs: u64,
+    cache: DashMap<String, Arc<Principal>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers)
+            .field("audience", &self.audience)
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Verifier {
+    /// A verifier trusting `keys` for tokens from `issuers` (exact match).
+    pub fn new(
+        keys: Arc<KeyStore>,
+        issuers: Vec<String>,
+        audience: Option<String>,
+        skew_secs: u64,
+    ) -> Verifier {
+        Verifier {
+            keys,
+            issuers,
+            audience,
+            skew_secs,
+            cache: DashMap::new(),
+        }
+    }
+
+    /// The key store (for refresh tasks).
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub async fn verify_header(&self, header: Option<&[u8]>) -> Result<Arc<Principal>, AuthError> {
+        let token = bearer(header)?;
+        self.verify(token).await
+    }
+
+    /// Verifies a compact JWT.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if let Some(p) = self.cache.get(token) {
+            if now() <= p.exp + self.skew_secs as i64 {
+                return Ok(p.clone());
+            }
+            drop(p);
+            self.cache.remove(token);
+            return Err(AuthError::Invalid("token expired"));
+        }
+        let principal = Arc::new(self.verify_uncached(token).await?);
+        if self.cache.len() >= CACHE_CAP {
+            let t = now();
+            self.cache.retain(|_, p| p.exp + self.skew_secs as i64 >= t);
+            if self.cache.len() >= CACHE_CAP {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(token.to_owned(), principal.clone());
+        Ok(principal)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = read_header(token)?;
+        let alg = match header.alg.as_str() {
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "ES256" => Algorithm::ES256,
+            "none" => {
+                return Err(AuthError::Invalid(
+                    "unsigned tokens (alg none) are not accepted",
+                ));
+            }
+            a if a.starts_with("HS") => {
+                return Err(AuthError::Invalid("HMAC-signed tokens are not accepted"));
+            }
+            _ => return Err(AuthError::Invalid("token alg is not accepted")),
+        };
+        let family = Family::of(alg).expect("accepted algorithms have a family");
+        let kid = header.kid.as_deref();
+        let mut keys = self.keys.current();
+        if keys.candidates(kid).is_empty() && self.keys.refetch_for_unknown_kid().await {
+            keys = self.keys.current();
+        }
+        let candidates = keys.candidates(kid);
+        if candidates.is_empty() {
+            return Err(AuthError::Invalid("token signed by an unknown key"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.skew_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&self.issuers);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let mut last = AuthError::Invalid("alg does not match the signing key");
+        for key in candidates {
+            if key.family != family || key.alg.is_some_and(|a| a != alg) {
+                continue;
+            }
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
+                Ok(data) => return self.principal(data.claims),
+                Err(e) => {
+                    last = AuthError::Invalid(describe(e.kind()));
+                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn principal(&self, c: Claims) -> Result<Principal, AuthError> {
+        if c.iat.is_some_and(|iat| iat > now() + self.skew_secs as i64) {
+            return Err(AuthError::Invalid("token issued in the future"));
+        }
+        let pid = match c.pid {
+            None => None,
+            Some(p) => Some(
+                PersonId::parse(p.as_bytes())
+                    .ok_or(AuthError::Invalid("pid claim is not 11 digits"))?,
+            ),
+        };
+        let consumer = c.consumer.map(|cons| {
+            cons.id
+                .rsplit_once(':')
+                .map_or(cons.id.as_str(), |(_, org)| org)
+                .to_string()
+        });
+        Ok(Principal {
+            grants: Grants::from_scope(&c.scope),
+            pid,
+            user: c.acr.is_some(),
+            consumer,
+            exp: c.exp,
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header (scheme case-insensitive, RFC 7235).
+pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
+    let h = header.ok_or(AuthError::Missing)?;
+    let h =
+        std::str::from_utf8(h).map_err(|_| AuthError::Invalid("malformed Authorization header"))?;
+    let (scheme, token) = h
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::Invalid("malformed Authorization header"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+fn read_header(token: &str) -> Result<Header, AuthError> {
+    let malformed = AuthError::Invalid("malformed token");
+    let mut parts = token.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| malformed.clone())?;
+    serde_json::from_slice(&bytes).map_err(|_| malformed)
+}
+
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAlgorithm => "alg does not match the signing key",
+        ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp",
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss",
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud",
+        _ => "malformed token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_headers() {
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+        assert_eq!(bearer(Some(b"Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some(b"bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some(b"BEARER  abc ")), Ok("abc"));
+        assert_eq!(bearer(Some(b"Basic dXNlcjpwYXNz")), Err(AuthError::Missing));
+        assert_eq!(
+            bearer(Some(b"Bearer ")),
+            Err(AuthError::Invalid("malformed Authorization header"))
+        );
+        assert_eq!(
+            bearer(Some(b"Bearer")),
+            Err(AuthError::Invalid("malformed Authorization header"))
+        );
+        assert_eq!(
+            bearer(Some(b"\xff")),
+            Err(AuthError::Invalid("malformed Authorization header"))
+        );
+    }
+}

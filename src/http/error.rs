@@ -1,0 +1,117 @@
+//! Error answers: `{"status":…,"error":…,"message":…,"path":…}` with the headers each status
+//! needs. Messages are fixed or name positions and counts, never a personal number; the
+//! path is scrubbed of digit runs before it is echoed.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+use crate::auth::AuthError;
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What is wrong.
+    pub message: Cow<'static, str>,
+    /// `WWW-Authenticate` value, for 401 and 403.
+    pub www_authenticate: Option<String>,
+    /// `Allow` value, for 405.
+    pub allow: Option<&'static str>,
+    /// Send `Retry-After` (503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with just a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            www_authenticate: None,
+            allow: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 401 or (for a missing token) 401 with the bare challenge.
+    pub fn unauthorized(e: &AuthError) -> ApiError {
+        let mut err = ApiError::new(StatusCode::UNAUTHORIZED, e.to_string());
+        err.www_authenticate = Some(match e {
+            AuthError::Missing => r#"Bearer realm="krr""#.to_string(),
+            AuthError::Invalid(why) => {
+                format!(r#"Bearer error="invalid_token", error_description="{why}""#)
+            }
+        });
+        err
+    }
+
+    /// 403 for a valid token without the needed scope.
+    pub fn insufficient_scope(scope: &str, message: impl Into<Cow<'static, str>>) -> ApiError {
+        let mut err = ApiError::new(StatusCode::FORBIDDEN, message);
+        err.www_authenticate = Some(format!(
+            r#"Bearer error="insufficient_scope", scope="{scope}""#
+        ));
+        err
+    }
+
+    /// 405.
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed here; use {allow}"),
+        );
+        err.allow = Some(allow);
+        err
+    }
+
+    /// 503 while no snapshot is loaded.
+    pub fn no_snapshot() -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no register snapshot is loaded yet",
+        );
+        err.retry_after = Some(5);
+        err
+    }
+
+    /// The response for a request to `path`.
+    pub fn into_response(self, path: &str) -> Response<Full<Bytes>> {
+        let mut body = Vec::with_capacity(128);
+        body.extend_from_slice(b"{\"status\":");
+        body.extend_from_slice(self.status.as_u16().to_string().as_bytes());
+        body.extend_from_slice(b",\"error\":");
+        crate::render::write_str(self.status.canonical_reason().unwrap_or(""), &mut body);
+        body.extend_from_slice(b",\"message\":");
+        crate::render::write_str(&self.message, &mut body);
+        body.extend_from_slice(b",\"path\":");
+        crate::render::write_str(&crate::source::redact_digits(path), &mut body);
+        body.push(b'}');
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(v) = self
+            .www_authenticate
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            h.insert(WWW_AUTHENTICATE, v);
+        }
+        if let Some(a) = self.allow {
+            h.insert(ALLOW, HeaderValue::from_static(a));
+        }
+        if let Some(s) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

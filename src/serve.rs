@@ -1,0 +1,326 @@
+//! `krr serve` and `krr demo`: from configuration to a running service.
+//!
+//! Start-up refuses to run without trust (a JWKS and at least one issuer). With no valid
+//! snapshot in the directory the service starts anyway and answers 503 until one is loaded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+
+use crate::auth::mint::{MintOptions, mint};
+use crate::auth::{JwksSource, KeyStore, Verifier};
+use crate::http::{AppState, JoseSigner, Limits, print_body};
+use crate::store::Store;
+
+/// Everything `krr serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Public API address.
+    pub listen: SocketAddr,
+    /// Where snapshots are.
+    pub snapshot_dir: PathBuf,
+    /// Trusted keys.
+    pub jwks: Option<JwksSource>,
+    /// Accepted `iss` values.
+    pub issuers: Vec<String>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+    /// Key and certificate chain for `application/jose`.
+    pub signing: Option<(PathBuf, PathBuf)>,
+    /// Print provider's organisation number and certificate.
+    pub print: Option<(String, PathBuf)>,
+    /// Connection and request limits.
+    pub limits: Limits,
+    /// Allowed clock skew for `exp`, `nbf`, `iat`.
+    pub clock_skew: Duration,
+    /// How often the JWKS is refreshed.
+    pub jwks_refresh: Duration,
+}
+
+/// A bound, ready service.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The public listener.
+    pub listener: TcpListener,
+    /// Shared state.
+    pub state: Arc<AppState>,
+}
+
+/// Checks the configuration, loads keys and the newest snapshot, binds the listener.
+pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
+    let Some(jwks) = config.jwks.clone() else {
+        bail!(
+            "trust is not configured: give --jwks-file or --jwks-url (the keys of the token issuer)"
+        );
+    };
+    if config.issuers.is_empty() {
+        bail!("trust is not configured: give --issuer (e.g. https://maskinporten.no/)");
+    }
+    let keys = KeyStore::load(jwks, Duration::from_secs(5))
+        .await
+        .context("loading the trusted keys")?;
+    let keys = Arc::new(keys);
+    keys.clone().spawn_refresh(config.jwks_refresh);
+    let verifier = Verifier::new(
+        keys,
+        config.issuers.clone(),
+        config.audience.clone(),
+        config.clock_skew.as_secs(),
+    );
+    let signer = match &config.signing {
+        Some((key, cert)) => Some(JoseSigner::load(key, cert)?),
+        None => None,
+    };
+    let print = match &config.print {
+        Some((org, cert)) => {
+            if org.len() != 9 || !org.bytes().all(|c| c.is_ascii_digit()) {
+                bail!("--print-provider must be a 9-digit organisation number");
+            }
+            let pem = std::fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            Some(print_body(org, &pem).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let store = Arc::new(Store::empty());
+    match store.load_newest(&config.snapshot_dir) {
+        Ok(Some(s)) => tracing::info!(
+            snapshot = %s.id(),
+            file = %s.path().display(),
+            persons = s.len(),
+            "snapshot loaded"
+        ),
+        Ok(None) => tracing::warn!(
+            dir = %config.snapshot_dir.display(),
+            "no valid snapshot yet; answering 503 until one is loaded"
+        ),
+        Err(e) => tracing::warn!(
+            dir = %config.snapshot_dir.display(),
+            cause = %e,
+            "cannot read the snapshot directory; answering 503 until a snapshot is loaded"
+        ),
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let state = Arc::new(AppState {
+        store,
+        verifier,
+        signer,
+        print_body: print,
+        limits: config.limits,
+    });
+    Ok(Prepared { listener, state })
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let Prepared { listener, state } = prepare(&config).await?;
+    let snapshot = state.store.current();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %listener.local_addr()?,
+        snapshot = snapshot.as_ref().map(|s| s.id()).unwrap_or_else(|| "none".into()),
+        persons = snapshot.as_ref().map_or(0, |s| s.len()),
+        "krr serving"
+    );
+    drop(snapshot);
+    crate::http::run(listener, state, shutdown_signal()).await;
+    tracing::info!("stopped accepting connections; exiting");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The quick start's files, under `data/demo/` (git-ignored) and `snapshots/`.
+#[derive(Clone, Debug)]
+pub struct DemoPaths {
+    /// `data/demo`.
+    pub dir: PathBuf,
+    /// Where the snapshot goes.
+    pub snapshot_dir: PathBuf,
+}
+
+impl DemoPaths {
+    fn register(&self) -> PathBuf {
+        self.dir.join("register.jsonl")
+    }
+    fn snapshot(&self) -> PathBuf {
+        self.snapshot_dir.join("demo.krr")
+    }
+    fn issuer_key(&self) -> PathBuf {
+        self.dir.join("issuer-key.pem")
+    }
+    fn jwks(&self) -> PathBuf {
+        self.dir.join("jwks.json")
+    }
+    fn signing_key(&self) -> PathBuf {
+        self.dir.join("signing-key.pem")
+    }
+    fn signing_cert(&self) -> PathBuf {
+        self.dir.join("signing-cert.pem")
+    }
+    fn print_cert(&self) -> PathBuf {
+        self.dir.join("print-cert.pem")
+    }
+}
+
+/// Persons in the demo register.
+pub const DEMO_PERSONS: u64 = 200_000;
+/// The demo issuer (what its tokens carry as `iss`).
+pub const DEMO_ISSUER: &str = "https://maskinporten.no/";
+/// The demo issuer key's `kid`.
+pub const DEMO_KID: &str = "krr-demo";
+
+/// Creates (or reuses) the demo's register, snapshot, keys and certificates, then serves
+/// with the demo key trusted, printing a `curl` that works.
+pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&paths.dir)?;
+    std::fs::create_dir_all(&paths.snapshot_dir)?;
+    if !paths.register().exists() {
+        eprintln!("demo: generating {DEMO_PERSONS} synthetic persons…");
+        let tmp = paths.dir.join("register.jsonl.tmp");
+        crate::generate::generate_file(
+            &tmp,
+            &crate::generate::GenerateOptions {
+                count: DEMO_PERSONS,
+                seed: 1,
+                as_of: crate::generate::DEFAULT_AS_OF,
+                progress: false,
+            },
+        )?;
+        std::fs::rename(&tmp, paths.register())?;
+    }
+    if !paths.snapshot().exists() {
+        eprintln!("demo: building the snapshot…");
+        crate::snapshot::build_file(
+            &paths.register(),
+            &paths.snapshot(),
+            &crate::snapshot::BuildOptions::now(),
+        )?;
+    }
+    if !paths.issuer_key().exists() || !paths.jwks().exists() {
+        eprintln!("demo: creating a development token-issuer key…");
+        let (key_pem, jwks) = rsa_key_and_jwks(DEMO_KID)?;
+        write_private(&paths.issuer_key(), &key_pem)?;
+        std::fs::write(paths.jwks(), jwks)?;
+    }
+    if !paths.signing_key().exists() || !paths.signing_cert().exists() {
+        eprintln!("demo: creating a development response-signing key and certificate…");
+        let (key_pem, _) = rsa_key_and_jwks("signing")?;
+        let cert = self_signed(&key_pem, "krr demo response signing (development only)")?;
+        write_private(&paths.signing_key(), &key_pem)?;
+        std::fs::write(paths.signing_cert(), cert)?;
+    }
+    if !paths.print_cert().exists() {
+        std::fs::write(paths.print_cert(), crate::generate::PROVIDERS[0].pem)?;
+    }
+
+    let config = ServeConfig {
+        listen,
+        snapshot_dir: paths.snapshot_dir.clone(),
+        jwks: Some(JwksSource::File(paths.jwks())),
+        issuers: vec![DEMO_ISSUER.to_string()],
+        audience: None,
+        signing: Some((paths.signing_key(), paths.signing_cert())),
+        print: Some((
+            crate::generate::PROVIDERS[0].orgnr.to_string(),
+            paths.print_cert(),
+        )),
+        limits: Limits::default(),
+        clock_skew: Duration::from_secs(60),
+        jwks_refresh: Duration::from_secs(300),
+    };
+    let Prepared { listener, state } = prepare(&config).await?;
+    let addr = listener.local_addr()?;
+    let token = mint(
+        &std::fs::read(paths.issuer_key())?,
+        &MintOptions {
+            scope: "krr:global/kontaktinformasjon.read krr:global/digitalpost.read".into(),
+            kid: Some(DEMO_KID.into()),
+            ttl: 3600,
+            ..MintOptions::default()
+        },
+    )?;
+    let ids: Vec<String> = state
+        .store
+        .current()
+        .as_ref()
+        .map(|s| {
+            s.ids()
+                .take(2)
+                .map(|i| String::from_utf8(i.digits().to_vec()).expect("digits"))
+                .collect()
+        })
+        .unwrap_or_default();
+    tracing::warn!(
+        "DEMO MODE: trusting only a development key made on this machine ({}); never use this in production",
+        paths.jwks().display()
+    );
+    println!();
+    println!("krr demo is serving {DEMO_PERSONS} synthetic persons on http://{addr}");
+    println!("Try (the token is valid for an hour; rerun `krr demo` for a new one):");
+    println!();
+    println!(
+        "curl -s http://{addr}/rest/v1/personer -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"personidentifikatorer\":[\"{}\",\"{}\",\"20914695016\"]}}'",
+        ids.first().map_or("", String::as_str),
+        ids.get(1).map_or("", String::as_str),
+    );
+    println!();
+    crate::http::run(listener, state, shutdown_signal()).await;
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+/// A new RSA-2048 key (PKCS#8 PEM) and a JWKS holding its public half under `kid`.
+pub fn rsa_key_and_jwks(kid: &str) -> anyhow::Result<(String, String)> {
+    use base64::Engine;
+    use rsa::pkcs8::EncodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
+    let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)?.to_string();
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+        "n": b64(key.n().to_bytes_be()), "e": b64(key.e().to_bytes_be()),
+    }]});
+    Ok((pem, serde_json::to_string_pretty(&jwks)?))
+}
+
+/// A self-signed certificate (PEM) for an RSA key (PKCS#8 PEM).
+pub fn self_signed(key_pem: &str, common_name: &str) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::from_pem_and_sign_algo(key_pem, &rcgen::PKCS_RSA_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    Ok(params.self_signed(&key)?.pem())
+}
