@@ -138,7 +138,7 @@ impl KeySet {
                 None => out.without_kid.push(key),
             }
         }
-        if out.len() == 0 {
+        if out.is_empty() {
             return Err(JwksError::Parse(
                 "no RSA or P-256 signature key in the set".into(),
             ));

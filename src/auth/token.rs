@@ -184,10 +184,16 @@ impl Verifier {
         validation.leeway = self.skew_secs;
         validation.validate_nbf = true;
         validation.set_issuer(&self.issuers);
-        validation.set_required_spec_claims(&["exp", "iss"]);
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+            Some(aud) => {
+                // A required audience must be present, not merely right when present.
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                validation.set_audience(&[aud]);
+            }
+            None => {
+                validation.set_required_spec_claims(&["exp", "iss"]);
+                validation.validate_aud = false;
+            }
         }
         let mut last = AuthError::Invalid("alg does not match the signing key");
         for key in candidates {
