@@ -171,3 +171,93 @@ fn inspect_reports_a_corrupt_file_and_fails() {
         "{out}"
     );
 }
+
+fn fixture(p: &str) -> String {
+    format!("{}/tests/fixtures/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn serve_refuses_to_start_without_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = p(dir.path());
+    let o = krr(&["serve", "--listen", "127.0.0.1:0", "--snapshot-dir", snaps]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("trust is not configured: give --jwks-file or --jwks-url"),
+        "{}",
+        text(&o.stderr)
+    );
+    let jwks = fixture("keys/jwks.json");
+    let o = krr(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--snapshot-dir",
+        snaps,
+        "--jwks-file",
+        &jwks,
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("trust is not configured: give --issuer"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = krr(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--snapshot-dir",
+        snaps,
+        "--jwks-file",
+        "/nonexistent.json",
+        "--issuer",
+        "https://maskinporten.no/",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("cannot read JWKS file /nonexistent.json"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn token_mints_a_signed_jwt_with_the_claims_asked_for() {
+    let key = fixture("keys/issuer-rsa.pem");
+    let o = krr(&[
+        "token",
+        "--key",
+        &key,
+        "--scope",
+        "krr:global/kontaktinformasjon.read",
+        "--kid",
+        "test-rsa",
+        "--pid",
+        "20914695016",
+        "--ttl",
+        "120",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let token = text(&o.stdout);
+    let token = token.trim_end();
+    assert_eq!(token.split('.').count(), 3);
+    let public = std::fs::read(fixture("keys/issuer-rsa-public.pem")).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_issuer(&["https://maskinporten.no/"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap(),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.header.kid.as_deref(), Some("test-rsa"));
+    let c = data.claims;
+    assert_eq!(c["scope"], "krr:global/kontaktinformasjon.read");
+    assert_eq!(c["pid"], "20914695016");
+    assert_eq!(c["consumer"]["ID"], "0192:991825827");
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 120);
+    let o = krr(&["token", "--key", &fixture("keys/jwks.json"), "--scope", "x"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("the key is not an RSA or EC (P-256) private key in PEM"));
+}

@@ -880,3 +880,161 @@ async fn slow_clients_are_cut_off() {
         "{text}"
     );
 }
+
+/// A local JWKS endpoint whose document can be swapped and whose fetches are counted.
+struct JwksServer {
+    url: String,
+    doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(initial: String) -> JwksServer {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(initial)));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, f) = (doc.clone(), fetches.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (d, f) = (d.clone(), f.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let body = d.lock().unwrap().clone();
+                    async move {
+                        let resp = match body {
+                            Some(b) => hyper::Response::new(Full::new(Bytes::from(b))),
+                            None => {
+                                let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                                r
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    JwksServer { url, doc, fetches }
+}
+
+#[tokio::test]
+async fn jwks_from_a_url_with_unknown_kid_refetch_at_most_once_a_minute() {
+    use std::sync::atomic::Ordering;
+    let trusted = std::fs::read_to_string(fixture("keys/jwks.json")).unwrap();
+    let j = jwks_server(trusted.clone()).await;
+    let s = start(Options {
+        jwks: Some(JwksSource::Url(j.url.clone())),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(j.fetches.load(Ordering::SeqCst), 1, "loaded once at start");
+    let body = ids_body(&[id(&s.register[0])]);
+    assert_eq!(
+        post(&s, "/rest/v1/personer", &scoped(ALL_SCOPES), &body)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        j.fetches.load(Ordering::SeqCst),
+        1,
+        "a known kid needs no fetch"
+    );
+
+    // The issuer rotates in a new key: the first token with its kid causes one refetch and
+    // is accepted.
+    let mut doc: Value = serde_json::from_str(&trusted).unwrap();
+    let mut rotated = doc["keys"][0].clone();
+    rotated["kid"] = json!("rotated");
+    doc["keys"].as_array_mut().unwrap().push(rotated);
+    *j.doc.lock().unwrap() = Some(doc.to_string());
+    let t = token(MintOptions {
+        scope: ALL_SCOPES.into(),
+        kid: Some("rotated".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        post(&s, "/rest/v1/personer", &t, &body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(j.fetches.load(Ordering::SeqCst), 2);
+
+    // More unknown kids within the minute: refused without fetching again.
+    for k in 0..5 {
+        let t = token(MintOptions {
+            scope: ALL_SCOPES.into(),
+            kid: Some(format!("forged-{k}")),
+            ..Default::default()
+        });
+        check_error(
+            &post(&s, "/rest/v1/personer", &t, &body).await,
+            401,
+            "token signed by an unknown key",
+        );
+    }
+    assert_eq!(j.fetches.load(Ordering::SeqCst), 2);
+
+    // A failing JWKS endpoint does not take the keys away.
+    *j.doc.lock().unwrap() = None;
+    let keys =
+        krr::auth::KeyStore::load(JwksSource::Url(j.url.clone()), Duration::from_secs(2)).await;
+    assert!(keys.unwrap_err().to_string().contains("status 500"));
+    let fresh = scoped(ALL_SCOPES);
+    assert_eq!(
+        post(&s, "/rest/v1/personer", &fresh, &body).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_last_good_keys() {
+    let trusted = std::fs::read_to_string(fixture("keys/jwks.json")).unwrap();
+    let j = jwks_server(trusted).await;
+    let store = krr::auth::KeyStore::load(JwksSource::Url(j.url.clone()), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(store.current().len(), 2);
+    *j.doc.lock().unwrap() = Some("{\"keys\":[]}".into());
+    assert!(store.refresh().await.is_err());
+    *j.doc.lock().unwrap() = None;
+    assert!(store.refresh().await.is_err());
+    assert_eq!(store.current().len(), 2, "still the last good keys");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let s = start(Options {
+        limits,
+        ..Default::default()
+    })
+    .await;
+    let request = b"GET /rest/v1/printSertifikat HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The first connection stays open (keep-alive); a second one is not served meanwhile.
+    let mut second = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(400), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "served beyond the connection cap");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("served once a slot was free")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
