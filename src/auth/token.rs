@@ -5,15 +5,17 @@
 //! `kid` (an unknown `kid` may cause one JWKS refetch a minute), then signature, `iss`
 //! (exact), `exp`, `nbf`, `iat` (with a small skew) and `aud` (when one is required).
 //! A verified token is cached until it expires, so a client reusing its token pays for the
-//! signature check once.
+//! signature check once per worker thread. The cache is thread-local: the request path
+//! takes no lock for it.
 
 use std::sync::Arc;
 
 use base64::Engine;
-use dashmap::DashMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::jwks::{Family, KeyStore};
 use crate::auth::scopes::Grants;
@@ -77,8 +79,17 @@ struct Consumer {
     id: String,
 }
 
-/// Most tokens kept in the verified-token cache.
-const CACHE_CAP: usize = 100_000;
+/// Most tokens kept in one thread's verified-token cache.
+const CACHE_CAP: usize = 50_000;
+
+thread_local! {
+    /// Verified tokens of this thread, keyed by (verifier, token): several verifiers with
+    /// different trust may live in one process (tests do that).
+    static CACHE: std::cell::RefCell<HashMap<u64, HashMap<String, Arc<Principal>>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
 
 /// Verifies tokens against a key store and the configured issuers and audience.
 pub struct Verifier {
@@ -86,7 +97,7 @@ pub struct Verifier {
     issuers: Vec<String>,
     audience: Option<String>,
     skew_secs: u64,
-    cache: DashMap<String, Arc<Principal>>,
+    id: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -94,7 +105,6 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("issuers", &self.issuers)
             .field("audience", &self.audience)
-            .field("cached", &self.cache.len())
             .finish()
     }
 }
@@ -116,7 +126,7 @@ impl Verifier {
             issuers,
             audience,
             skew_secs,
-            cache: DashMap::new(),
+            id: NEXT_VERIFIER.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -133,23 +143,35 @@ impl Verifier {
 
     /// Verifies a compact JWT.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        if let Some(p) = self.cache.get(token) {
-            if now() <= p.exp + self.skew_secs as i64 {
-                return Ok(p.clone());
+        let skew = self.skew_secs as i64;
+        let cached = CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let c = c.entry(self.id).or_default();
+            match c.get(token) {
+                Some(p) if now() <= p.exp + skew => Some(Ok(p.clone())),
+                Some(_) => {
+                    c.remove(token);
+                    Some(Err(AuthError::Invalid("token expired")))
+                }
+                None => None,
             }
-            drop(p);
-            self.cache.remove(token);
-            return Err(AuthError::Invalid("token expired"));
+        });
+        if let Some(hit) = cached {
+            return hit;
         }
         let principal = Arc::new(self.verify_uncached(token).await?);
-        if self.cache.len() >= CACHE_CAP {
-            let t = now();
-            self.cache.retain(|_, p| p.exp + self.skew_secs as i64 >= t);
-            if self.cache.len() >= CACHE_CAP {
-                self.cache.clear();
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let c = c.entry(self.id).or_default();
+            if c.len() >= CACHE_CAP {
+                let t = now();
+                c.retain(|_, p| p.exp + skew >= t);
+                if c.len() >= CACHE_CAP {
+                    c.clear();
+                }
             }
-        }
-        self.cache.insert(token.to_owned(), principal.clone());
+            c.insert(token.to_owned(), principal.clone());
+        });
         Ok(principal)
     }
 
