@@ -116,6 +116,20 @@ fn scoped(scope: &str) -> String {
     })
 }
 
+/// A token with every global scope, signed by the fixture key `key_file` under `kid`.
+fn signed_by(key_file: &str, kid: &str) -> String {
+    let key = std::fs::read(fixture(key_file)).unwrap();
+    mint(
+        &key,
+        &MintOptions {
+            scope: ALL_SCOPES.into(),
+            kid: Some(kid.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
@@ -277,18 +291,7 @@ async fn each_scope_returns_exactly_its_groups() {
             .keys()
             .map(String::as_str)
             .collect();
-        let order = [
-            "personidentifikator",
-            "reservasjon",
-            "status",
-            "varslingsstatus",
-            "kontaktinformasjon",
-            "digital_post",
-            "sertifikat",
-            "spraak",
-            "spraak_oppdatert",
-        ];
-        want.sort_by_key(|k| order.iter().position(|o| o == k));
+        want.sort_by_key(|k| common::ORDER.iter().position(|o| o == k));
         assert_eq!(got, want, "{scope}");
         for k in &want {
             if *k != "varslingsstatus" {
@@ -429,29 +432,12 @@ async fn token_failures_answer_401_with_the_reason() {
         "wrong issuer",
     );
 
-    let stranger = std::fs::read(fixture("keys/stranger-rsa.pem")).unwrap();
-    let forged = mint(
-        &stranger,
-        &MintOptions {
-            scope: ALL_SCOPES.into(),
-            kid: Some("test-rsa".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let forged = signed_by("keys/stranger-rsa.pem", "test-rsa");
     invalid(
         &post(&s, "/rest/v1/personer", &forged, &body).await,
         "bad signature",
     );
-    let unknown_kid = mint(
-        &stranger,
-        &MintOptions {
-            scope: ALL_SCOPES.into(),
-            kid: Some("stranger".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unknown_kid = signed_by("keys/stranger-rsa.pem", "stranger");
     invalid(
         &post(&s, "/rest/v1/personer", &unknown_kid, &body).await,
         "token signed by an unknown key",
@@ -474,31 +460,13 @@ async fn token_failures_answer_401_with_the_reason() {
     );
 
     // ES256 from the EC key is accepted.
-    let ec = std::fs::read(fixture("keys/issuer-ec.pem")).unwrap();
-    let es = mint(
-        &ec,
-        &MintOptions {
-            scope: ALL_SCOPES.into(),
-            kid: Some("test-ec".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let es = signed_by("keys/issuer-ec.pem", "test-ec");
     assert_eq!(
         post(&s, "/rest/v1/personer", &es, &body).await.status,
         StatusCode::OK
     );
     // The PKCS#1 form of the issuer key signs tokens the service accepts.
-    let pkcs1 = std::fs::read(fixture("keys/issuer-rsa-pkcs1.pem")).unwrap();
-    let t1 = mint(
-        &pkcs1,
-        &MintOptions {
-            scope: ALL_SCOPES.into(),
-            kid: Some("test-rsa".into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let t1 = signed_by("keys/issuer-rsa-pkcs1.pem", "test-rsa");
     assert_eq!(
         post(&s, "/rest/v1/personer", &t1, &body).await.status,
         StatusCode::OK

@@ -2,25 +2,13 @@
 
 mod common;
 
-use common::{BUILD_TIME, build_opts, keys, register, source_values};
+use common::{BUILD_TIME, ORDER, build_opts, keys, register, source_values};
 use krr::fnr::PersonId;
 use krr::lookup::{BatchOptions, write_person, write_personer};
 use krr::render::Groups;
 use krr::snapshot::{Snapshot, build_bytes};
 use krr::time::Timestamp;
 use serde_json::{Map, Value, json};
-
-const ORDER: [&str; 9] = [
-    "personidentifikator",
-    "reservasjon",
-    "status",
-    "varslingsstatus",
-    "kontaktinformasjon",
-    "digital_post",
-    "sertifikat",
-    "spraak",
-    "spraak_oppdatert",
-];
 
 /// The notification rule of `api.md`, written again here from the text (not by calling the
 /// library), applied to a source object.

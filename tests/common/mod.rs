@@ -7,6 +7,19 @@ use krr::generate::{GenerateOptions, generate_file};
 use krr::snapshot::{BuildOptions, build_file};
 use krr::time::Timestamp;
 
+/// The keys of a person object, in the order of `api.md`.
+pub const ORDER: [&str; 9] = [
+    "personidentifikator",
+    "reservasjon",
+    "status",
+    "varslingsstatus",
+    "kontaktinformasjon",
+    "digital_post",
+    "sertifikat",
+    "spraak",
+    "spraak_oppdatert",
+];
+
 /// Build time used by the tests: 2026-11-20T12:00:00Z (fixed, so the 18-month rule gives
 /// the same answer on any day).
 pub const BUILD_TIME: Timestamp = Timestamp(1_795_176_000);
