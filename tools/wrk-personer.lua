@@ -2,6 +2,7 @@
 -- (so no cache can flatter the figure). Bodies are read from the file in KRR_BODIES, one
 -- JSON request body per line; the token comes from KRR_TOKEN.
 --
+--   python3 tools/make-bodies.py register.jsonl 3000 1000 > bodies.txt
 --   KRR_BODIES=bodies.txt KRR_TOKEN=$(krr token ...) \
 --     wrk -t2 -c4 -d30s --latency -s tools/wrk-personer.lua http://127.0.0.1:8080
 local bodies = {}
