@@ -444,11 +444,7 @@ async fn token_failures_answer_401_with_the_reason() {
     );
 
     // An RSA alg on the EC key's kid.
-    let wrong_alg = token(MintOptions {
-        scope: ALL_SCOPES.into(),
-        kid: Some("test-ec".into()),
-        ..Default::default()
-    });
+    let wrong_alg = signed_by("keys/issuer-rsa.pem", "test-ec");
     invalid(
         &post(&s, "/rest/v1/personer", &wrong_alg, &body).await,
         "alg does not match the signing key",
