@@ -198,7 +198,7 @@ impl KeyStore {
     /// Loads the keys once; fails if they cannot be had.
     pub async fn load(source: JwksSource, timeout: Duration) -> Result<KeyStore, JwksError> {
         let client = match &source {
-            JwksSource::Url(_) => Some(http_client()?),
+            JwksSource::Url(_) => Some(http_client()),
             JwksSource::File(_) => None,
         };
         let store = KeyStore {
@@ -318,16 +318,13 @@ impl KeyStore {
     }
 }
 
-fn http_client() -> Result<HttpClient, JwksError> {
+fn http_client() -> HttpClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .build();
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https),
-    )
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
 }
 
 #[cfg(test)]
