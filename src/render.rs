@@ -201,39 +201,90 @@ pub fn write_spraak(spraak: Option<Spraak>, oppdatert: Option<Timestamp>, out: &
     }
 }
 
+/// The segments of a person object, in the order they are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// `{"personidentifikator":…,"reservasjon":…,"status":…` (always).
+    Head,
+    /// `,"varslingsstatus":…`.
+    Varsling,
+    /// `,"kontaktinformasjon":{…}`.
+    Kontakt,
+    /// `,"digital_post":{…}`.
+    DigitalPost,
+    /// `,"sertifikat":…`.
+    Sertifikat,
+    /// `,"spraak":…,"spraak_oppdatert":…`.
+    Spraak,
+}
+
+impl Segment {
+    /// Every segment, in wire order.
+    pub const ALL: [Segment; 6] = [
+        Segment::Head,
+        Segment::Varsling,
+        Segment::Kontakt,
+        Segment::DigitalPost,
+        Segment::Sertifikat,
+        Segment::Spraak,
+    ];
+
+    /// The group that shows this segment (`None`: always shown).
+    pub fn group(self) -> Option<Groups> {
+        match self {
+            Segment::Head => None,
+            Segment::Varsling => Some(Groups::VARSLING),
+            Segment::Kontakt => Some(Groups::KONTAKT),
+            Segment::DigitalPost => Some(Groups::DIGITALPOST),
+            Segment::Sertifikat => Some(Groups::SERTIFIKAT),
+            Segment::Spraak => Some(Groups::SPRAAK),
+        }
+    }
+}
+
+/// Writes one segment of `p` (nothing when the person has no value for it).
+///
+/// The one place of the SLETTET rule: a deleted person shows no reservation and no group
+/// but varsling, whatever the model holds.
+pub fn write_segment(p: &Person, varsling: Varslingsstatus, seg: Segment, out: &mut Vec<u8>) {
+    let aktiv = p.status == Status::Aktiv;
+    match seg {
+        Segment::Head => {
+            let reservasjon = if aktiv {
+                p.reservasjon.map(|r| r.as_str())
+            } else {
+                None
+            };
+            write_head(p.id, reservasjon, p.status.as_str(), out);
+        }
+        Segment::Varsling => write_varsling(varsling, out),
+        _ if !aktiv => {}
+        Segment::Kontakt => {
+            if let Some(k) = &p.kontaktinformasjon {
+                write_kontakt(k, out);
+            }
+        }
+        Segment::DigitalPost => {
+            if let Some(d) = &p.digital_post {
+                write_digital_post(d, out);
+            }
+        }
+        Segment::Sertifikat => {
+            if let Some(c) = &p.sertifikat {
+                write_sertifikat(c, out);
+            }
+        }
+        Segment::Spraak => write_spraak(p.spraak, p.spraak_oppdatert, out),
+    }
+}
+
 /// Writes a whole person object with the groups in `groups`.
 ///
-/// `varsling` is the notification status to show (stored or derived). A SLETTET person
-/// shows no reservation and no group but varsling, whatever the model holds.
+/// `varsling` is the notification status to show (stored or derived).
 pub fn write_person(p: &Person, varsling: Varslingsstatus, groups: Groups, out: &mut Vec<u8>) {
-    let aktiv = p.status == Status::Aktiv;
-    let reservasjon = if aktiv {
-        p.reservasjon.map(|r| r.as_str())
-    } else {
-        None
-    };
-    write_head(p.id, reservasjon, p.status.as_str(), out);
-    if groups.contains(Groups::VARSLING) {
-        write_varsling(varsling, out);
-    }
-    if aktiv {
-        if groups.contains(Groups::KONTAKT)
-            && let Some(k) = &p.kontaktinformasjon
-        {
-            write_kontakt(k, out);
-        }
-        if groups.contains(Groups::DIGITALPOST)
-            && let Some(d) = &p.digital_post
-        {
-            write_digital_post(d, out);
-        }
-        if groups.contains(Groups::SERTIFIKAT)
-            && let Some(c) = &p.sertifikat
-        {
-            write_sertifikat(c, out);
-        }
-        if groups.contains(Groups::SPRAAK) {
-            write_spraak(p.spraak, p.spraak_oppdatert, out);
+    for seg in Segment::ALL {
+        if seg.group().is_none_or(|g| groups.contains(g)) {
+            write_segment(p, varsling, seg, out);
         }
     }
     out.push(b'}');

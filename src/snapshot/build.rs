@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
-use crate::render;
+use crate::render::{self, Segment};
 use crate::snapshot::format::{Body, RecordPieces};
 use crate::snapshot::format::{
     BodyHasher, Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET,
@@ -396,32 +396,19 @@ pub(crate) fn write_record(
     let aktiv = p.status == Status::Aktiv;
     let varsling = p.varslingsstatus_at(now);
     let mut lens = [0u16; 5];
-    let mut seg = |n: usize, out: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| -> Result<(), String> {
+    // The stored segments (the certificate is stored apart and shared).
+    let stored = [
+        Segment::Head,
+        Segment::Varsling,
+        Segment::Kontakt,
+        Segment::DigitalPost,
+        Segment::Spraak,
+    ];
+    for (len, seg) in lens.iter_mut().zip(stored) {
         let before = out.len();
-        f(out);
-        lens[n] = u16::try_from(out.len() - before)
+        render::write_segment(p, varsling, seg, out);
+        *len = u16::try_from(out.len() - before)
             .map_err(|_| "record is too large to store".to_string())?;
-        Ok(())
-    };
-    let reservasjon = if aktiv {
-        p.reservasjon.map(Reservasjon::as_str)
-    } else {
-        None
-    };
-    seg(0, out, &|o| {
-        render::write_head(p.id, reservasjon, p.status.as_str(), o)
-    })?;
-    seg(1, out, &|o| render::write_varsling(varsling, o))?;
-    if aktiv {
-        if let Some(k) = &p.kontaktinformasjon {
-            seg(2, out, &|o| render::write_kontakt(k, o))?;
-        }
-        if let Some(d) = &p.digital_post {
-            seg(3, out, &|o| render::write_digital_post(d, o))?;
-        }
-        seg(4, out, &|o| {
-            render::write_spraak(p.spraak, p.spraak_oppdatert, o)
-        })?;
     }
     let cert = if aktiv { cert } else { NO_CERT };
     let mut flags = 0;
