@@ -9,6 +9,8 @@
 //! register export (JSONL) ─► source ─► model ─► render ─► snapshot::build ─► *.krr file
 //!                                                                              │ mmap
 //!                          lookup ◄─ store (ArcSwap, hot swap) ◄─ snapshot::load
+//!                             ▲
+//!   PATCH ─► journal (fdatasync, group commit) ─► overlay ─┘     journal ─► snapshot::build
 //! ```
 //!
 //! - [`fnr`]: personal numbers: parsing to a compact key, control digits, kinds.
@@ -17,7 +19,9 @@
 //! - [`source`]: one JSON line → a validated person (simd-json), with precise reasons.
 //! - [`render`]: person → JSON segments in the API's key order, never `null`.
 //! - [`snapshot`]: the file format, the builder and the zero-copy loader.
-//! - [`store`]: the hot-swapped handle the service reads through.
+//! - [`store`]: the hot-swapped handle the service reads through, with the overlay.
+//! - [`journal`]: the durable PATCH journal (group commit, CRC32C frames, recovery).
+//! - [`overlay`]: acknowledged changes not yet in a snapshot, consulted before it.
 //! - [`lookup`]: ids + groups → the `{"personer":[…]}` answer in a reused buffer.
 //! - [`auth`]: OAuth2 access tokens: JWKS, verification, scopes, test-token minting.
 //! - [`http`]: the public API over hyper (routes, errors, `application/jose`).
@@ -33,8 +37,10 @@ pub mod auth;
 pub mod fnr;
 pub mod generate;
 pub mod http;
+pub mod journal;
 pub mod lookup;
 pub mod model;
+pub mod overlay;
 pub mod render;
 pub mod serve;
 pub mod snapshot;

@@ -10,6 +10,7 @@
 //! cache misses of a group overlap instead of following one another.
 
 use crate::fnr::PersonId;
+use crate::overlay::Overlay;
 use crate::render::{self, Groups};
 use crate::snapshot::Snapshot;
 use crate::snapshot::load::RecordOffset;
@@ -54,13 +55,17 @@ pub struct BatchStats {
 }
 
 /// Appends `{"personer":[…]}` for `ids` to `out` (which is not cleared: callers reuse it).
+/// Changes in `overlay` are shown over the snapshot's records.
 pub fn write_personer(
     snapshot: &Snapshot,
+    overlay: &Overlay,
     ids: &[PersonId],
     opts: BatchOptions,
     out: &mut Vec<u8>,
 ) -> BatchStats {
     let mut stats = BatchStats::default();
+    // One check per batch: with nothing changed, no id pays for the overlay.
+    let overlay = (opts.groups.contains(Groups::SPRAAK) && !overlay.is_empty()).then_some(overlay);
     out.extend_from_slice(b"{\"personer\":[");
     let mut first = true;
     for group in ids.chunks(PREFETCH) {
@@ -82,7 +87,12 @@ pub fn write_personer(
                         out.push(b',');
                     }
                     first = false;
-                    snapshot.write_record(rec, opts.groups, out);
+                    match overlay {
+                        None => snapshot.write_record(rec, opts.groups, None, out),
+                        Some(o) => o.with_spraak(id, |spraak| {
+                            snapshot.write_record(rec, opts.groups, spraak, out);
+                        }),
+                    }
                     stats.found += 1;
                 }
                 None => {
@@ -102,11 +112,20 @@ pub fn write_personer(
     stats
 }
 
-/// Appends one person object (the user endpoint's answer); `false` if `id` is not registered.
-pub fn write_person(snapshot: &Snapshot, id: PersonId, groups: Groups, out: &mut Vec<u8>) -> bool {
+/// Appends one person object (the user endpoint's answer), with `overlay`'s change if it
+/// has one; `false` if `id` is not registered.
+pub fn write_person(
+    snapshot: &Snapshot,
+    overlay: &Overlay,
+    id: PersonId,
+    groups: Groups,
+    out: &mut Vec<u8>,
+) -> bool {
     match snapshot.get(id) {
         Some(rec) => {
-            snapshot.write_record(&rec, groups, out);
+            overlay.with_spraak(id, |spraak| {
+                snapshot.write_record(&rec, groups, spraak, out)
+            });
             true
         }
         None => false,

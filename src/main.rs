@@ -49,6 +49,11 @@ enum Command {
     },
     /// Serve the API.
     Serve(Box<ServeArgs>),
+    /// Inspect and compact the PATCH journal.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Mint a signed test token (development and load tests); prints the token alone.
     Token {
         /// RSA (RS256) or EC P-256 (ES256) private key, PEM (PKCS#8 or PKCS#1).
@@ -144,6 +149,35 @@ struct ServeArgs {
     /// Seconds between JWKS refreshes.
     #[arg(long, env = "KRR_JWKS_REFRESH", default_value_t = 300)]
     jwks_refresh: u64,
+    /// The PATCH journal (created if missing).
+    #[arg(long, env = "KRR_JOURNAL_DIR", default_value = "data/journal")]
+    journal_dir: PathBuf,
+    /// Start a new journal segment once the open one reaches this many bytes.
+    #[arg(long, env = "KRR_JOURNAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    journal_segment_bytes: u64,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Print the segments, sequence range and tail state; read only (safe while serving).
+    Inspect {
+        /// The journal directory.
+        #[arg(long, env = "KRR_JOURNAL_DIR", default_value = "data/journal")]
+        journal_dir: PathBuf,
+    },
+    /// Remove the segments wholly folded into a snapshot (never the newest segment).
+    Compact {
+        /// The journal directory.
+        #[arg(long, env = "KRR_JOURNAL_DIR", default_value = "data/journal")]
+        journal_dir: PathBuf,
+        /// The snapshot whose folded sequence number decides; default: the newest valid
+        /// snapshot of --snapshot-dir.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+        /// Where the served snapshots are.
+        #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
+        snapshot_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,8 +263,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.journal = journal;
             opts.progress = tty;
             let report = snapshot::build_file(&input, &out, &opts)?;
-            if let Some(note) = &report.journal_note {
-                eprintln!("journal: {note}");
+            if let Some(j) = &report.journal {
+                eprintln!(
+                    "journal: {} records for {} persons folded up to sequence {}: {} applied, \
+                     {} kept the export's newer change, {} not in the export or SLETTET",
+                    j.records, j.persons, j.folded_seq, j.applied, j.superseded, j.not_applicable
+                );
+                if let Some(cut) = &j.torn_tail {
+                    eprintln!(
+                        "journal: {} ends in an unacknowledged torn record ({}; {} bytes at byte {}), not folded",
+                        cut.file.display(),
+                        cut.reason,
+                        cut.dropped_bytes,
+                        cut.offset
+                    );
+                }
             }
             let h = &report.header;
             eprintln!(
@@ -255,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot {
             command: SnapshotCommand::Inspect { path, get },
         } => inspect(path, get),
+        Command::Journal { command } => journal_command(command),
         Command::Serve(args) => {
             init_tracing();
             runtime()?.block_on(krr::serve::serve(serve_config(*args)))?;
@@ -316,6 +364,74 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JournalCommand::Inspect { journal_dir } => {
+            let scan = krr::journal::scan(&journal_dir, krr::journal::Mode::ReadOnly)?;
+            let mut out = std::io::stdout().lock();
+            for seg in &scan.segments {
+                writeln!(
+                    out,
+                    "{}  first {}  records {}  bytes {}",
+                    seg.path.display(),
+                    seg.first_seq,
+                    seg.records,
+                    seg.good_len
+                )?;
+            }
+            writeln!(
+                out,
+                "records {}  last seq {}",
+                scan.entries.len(),
+                scan.last_seq()
+            )?;
+            match &scan.cut {
+                None => writeln!(out, "tail          clean")?,
+                Some(c) => writeln!(
+                    out,
+                    "tail          torn: {} ({} bytes at byte {} of {}); the service cuts it at start",
+                    c.reason,
+                    c.dropped_bytes,
+                    c.offset,
+                    c.file.display()
+                )?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JournalCommand::Compact {
+            journal_dir,
+            snapshot,
+            snapshot_dir,
+        } => {
+            // Verified like the service verifies it: a refused snapshot must not decide.
+            let snap = match snapshot {
+                Some(p) => std::sync::Arc::new(Snapshot::open(&p)?),
+                None => {
+                    let store = krr::store::Store::empty();
+                    store.load_newest(&snapshot_dir)?.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no valid snapshot in {}; nothing is compacted",
+                            snapshot_dir.display()
+                        )
+                    })?
+                }
+            };
+            let folded = snap.header().journal_seq;
+            let removed = krr::journal::compact(&journal_dir, folded)?;
+            for p in &removed {
+                eprintln!("removed {}", p.display());
+            }
+            eprintln!(
+                "{} segment{} removed; snapshot {} holds the journal up to sequence {folded}",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" },
+                snap.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
     let jwks = match (a.jwks_file, a.jwks_url) {
         (Some(f), _) => Some(krr::auth::JwksSource::File(f)),
@@ -338,6 +454,11 @@ fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
         },
         clock_skew: std::time::Duration::from_secs(a.clock_skew),
         jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
+        journal_dir: a.journal_dir,
+        journal: krr::journal::JournalOptions {
+            segment_bytes: a.journal_segment_bytes,
+            ..krr::journal::JournalOptions::default()
+        },
     }
 }
 
@@ -370,7 +491,8 @@ fn inspect(path: PathBuf, get: Option<String>) -> anyhow::Result<ExitCode> {
             )?;
             if let Some(id) = id {
                 let mut buf = Vec::new();
-                if !krr::lookup::write_person(&snap, id, Groups::ALL, &mut buf) {
+                let none = krr::overlay::Overlay::new();
+                if !krr::lookup::write_person(&snap, &none, id, Groups::ALL, &mut buf) {
                     eprintln!("that personal number is not in this snapshot");
                     return Ok(ExitCode::from(3));
                 }

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::auth::mint::{MintOptions, mint};
 use crate::auth::{JwksSource, KeyStore, Verifier};
 use crate::http::{AppState, JoseSigner, Limits, print_body};
+use crate::journal::{Journal, JournalOptions};
 use crate::store::Store;
 
 /// Everything `krr serve` is configured with.
@@ -39,6 +40,10 @@ pub struct ServeConfig {
     pub clock_skew: Duration,
     /// How often the JWKS is refreshed.
     pub jwks_refresh: Duration,
+    /// The PATCH journal's directory (created if missing).
+    pub journal_dir: PathBuf,
+    /// Journal writer settings.
+    pub journal: JournalOptions,
 }
 
 /// A bound, ready service.
@@ -104,6 +109,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
             "cannot read the snapshot directory; answering 503 until a snapshot is loaded"
         ),
     }
+    let journal = open_journal(&store, &config.journal_dir, config.journal)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -113,8 +119,45 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         signer,
         print_body: print,
         limits: config.limits,
+        journal: Some(journal),
     });
     Ok(Prepared { listener, state })
+}
+
+/// Recovers the journal, replays into the overlay what the served snapshot does not hold,
+/// and starts the writer (which applies each durable group to the overlay).
+pub fn open_journal(
+    store: &Arc<Store>,
+    dir: &Path,
+    opts: JournalOptions,
+) -> anyhow::Result<Journal> {
+    let snapshot = store.current();
+    let folded = snapshot.as_ref().map_or(0, |s| s.header().journal_seq);
+    let applier = store.clone();
+    let (journal, scan) = Journal::open(
+        dir,
+        folded,
+        opts,
+        Box::new(move |entries| {
+            for e in entries {
+                applier.overlay().apply(e);
+            }
+        }),
+    )
+    .with_context(|| format!("recovering the journal in {}", dir.display()))?;
+    let replayed = store.overlay().replay(&scan.entries, snapshot.as_deref());
+    tracing::info!(
+        dir = %dir.display(),
+        segments = scan.segments.len(),
+        records = scan.entries.len(),
+        last_seq = scan.last_seq(),
+        snapshot_seq = folded,
+        replayed,
+        overlay = store.overlay().len(),
+        torn_tail_cut = scan.cut.is_some(),
+        "journal recovered"
+    );
+    Ok(journal)
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -247,6 +290,8 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
         limits: Limits::default(),
         clock_skew: Duration::from_secs(60),
         jwks_refresh: Duration::from_secs(300),
+        journal_dir: paths.dir.join("journal"),
+        journal: JournalOptions::default(),
     };
     let Prepared { listener, state } = prepare(&config).await?;
     let addr = listener.local_addr()?;

@@ -5,12 +5,17 @@
 //! one atomic pointer swap; the old snapshot stays mapped until its last reader drops its
 //! guard, and is unmapped then. **Opening and verifying a file happens before the swap, off
 //! the request path; a refused file changes nothing.**
+//!
+//! The store also holds the [`Overlay`] of acknowledged changes. Publishing a snapshot
+//! prunes from it what the new snapshot holds, *after* the swap: a reader in between sees
+//! the change twice over (overlay and snapshot agree), never not at all.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use crate::overlay::Overlay;
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// What a reader holds for the duration of one request.
@@ -20,6 +25,7 @@ pub type Guard = arc_swap::Guard<Option<Arc<Snapshot>>>;
 #[derive(Debug, Default)]
 pub struct Store {
     current: ArcSwapOption<Snapshot>,
+    overlay: Overlay,
 }
 
 impl Store {
@@ -34,9 +40,27 @@ impl Store {
         self.current.load()
     }
 
-    /// Publishes `snapshot`; returns the one it replaced.
+    /// The acknowledged changes shown over the snapshot.
+    #[inline]
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// Publishes `snapshot`, then drops the overlay entries it holds; returns the snapshot it
+    /// replaced.
     pub fn publish(&self, snapshot: Snapshot) -> Option<Arc<Snapshot>> {
-        self.current.swap(Some(Arc::new(snapshot)))
+        let snapshot = Arc::new(snapshot);
+        let old = self.current.swap(Some(snapshot.clone()));
+        let dropped = self.overlay.prune(&snapshot);
+        if dropped > 0 {
+            tracing::info!(
+                snapshot = %snapshot.id(),
+                dropped,
+                remaining = self.overlay.len(),
+                "overlay entries now held by the snapshot dropped"
+            );
+        }
+        old
     }
 
     /// Opens and verifies `path`, then publishes it. On error the current snapshot stays.

@@ -33,6 +33,14 @@ pub enum TimeError {
 }
 
 impl Timestamp {
+    /// The current time (whole seconds).
+    pub fn now() -> Timestamp {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+    }
+
     /// Parses the register's `±HH` form or RFC 3339; fractions of a second are dropped.
     pub fn parse(s: &str) -> Result<Timestamp, TimeError> {
         let b = s.as_bytes();

@@ -76,6 +76,8 @@ pub struct AppState {
     pub print_body: Option<Bytes>,
     /// Limits.
     pub limits: Limits,
+    /// Where PATCHes are made durable (`None`: the service takes no changes, PATCH is 503).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// The `printSertifikat` answer for a provider and its certificate (PEM).

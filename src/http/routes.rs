@@ -1,5 +1,5 @@
 //! The public API's routes: `/rest/v1|v2/personer`, `/rest/v1|v2/person` (GET),
-//! `/rest/v1|v2/printSertifikat`.
+//! `/rest/v1/person` (PATCH), `/rest/v1|v2/printSertifikat`.
 
 use std::sync::Arc;
 
@@ -10,11 +10,13 @@ use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderV
 use hyper::{Method, Request, Response, StatusCode};
 use simd_json::prelude::*;
 
-use crate::auth::scopes::{GLOBAL_HINT, USER_HINT};
+use crate::auth::scopes::{GLOBAL_HINT, SPRAAK_WRITE, USER_HINT};
 use crate::fnr::PersonId;
 use crate::http::error::ApiError;
 use crate::http::{AppState, Format};
+use crate::journal::{Change, JournalError};
 use crate::lookup::{BatchOptions, write_person, write_personer};
+use crate::model::Spraak;
 
 /// Most ids in one request.
 pub const MAX_IDS: usize = 1000;
@@ -36,7 +38,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
                 Err(ApiError::method_not_allowed("POST"))
             }
         }
-        "/rest/v1/person" | "/rest/v2/person" => {
+        "/rest/v1/person" => match *req.method() {
+            Method::GET => person(&state, &req).await,
+            Method::PATCH => patch_person(&state, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, PATCH")),
+        },
+        "/rest/v2/person" => {
             if req.method() == Method::GET {
                 person(&state, &req).await
             } else {
@@ -235,7 +242,13 @@ async fn personer(state: &AppState, req: Request<Incoming>, v2: bool) -> Result<
     };
     // One buffer sized for the batch up front (about 1 KB a person with a certificate).
     let mut out = Vec::with_capacity(request.ids.len() * 1024 + 32);
-    write_personer(snapshot, &request.ids, opts, &mut out);
+    write_personer(
+        snapshot,
+        state.store.overlay(),
+        &request.ids,
+        opts,
+        &mut out,
+    );
     Ok(answer(state, format, out))
 }
 
@@ -255,13 +268,111 @@ async fn person(state: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiEr
     let snapshot = state.store.current();
     let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
     let mut out = Vec::with_capacity(2048);
-    if !write_person(snapshot, pid, groups, &mut out) {
+    if !write_person(snapshot, state.store.overlay(), pid, groups, &mut out) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "the person is not registered",
         ));
     }
     Ok(answer(state, format, out))
+}
+
+/// Parses a PATCH body: exactly `{"spraak":"nb"|"nn"|"en"|"se"}`.
+pub fn parse_spraak(body: &mut [u8]) -> Result<Spraak, ApiError> {
+    let value = simd_json::to_borrowed_value(body)
+        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    if obj.keys().any(|k| k != "spraak") {
+        // The field's name is not echoed: it could be anything, a personal number included.
+        return Err(ApiError::bad_request(
+            "only spraak can be changed; the body has another field",
+        ));
+    }
+    let v = obj
+        .get("spraak")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::bad_request("spraak is required"))?;
+    v.as_str()
+        .and_then(Spraak::parse)
+        .ok_or_else(|| ApiError::bad_request("spraak must be one of nb, nn, en, se"))
+}
+
+/// `PATCH /rest/v1/person`: answered 204 only once the change is durable and visible.
+async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let principal = state
+        .verifier
+        .verify_header(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
+        .await
+        .map_err(|e| ApiError::unauthorized(&e))?;
+    let hint = SPRAAK_WRITE[0];
+    if !principal.grants.spraak_write {
+        return Err(ApiError::insufficient_scope(
+            hint,
+            "the token has no scope for changing the language",
+        ));
+    }
+    if !principal.user {
+        return Err(ApiError::insufficient_scope(
+            hint,
+            "only a citizen's own token (ID-porten) may change a language",
+        ));
+    }
+    let pid = principal.pid.ok_or_else(|| {
+        ApiError::insufficient_scope(hint, "the token names no person (no pid claim)")
+    })?;
+    if !is_json(req.headers().get(CONTENT_TYPE)) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let mut body = read_body(state, req).await?;
+    let spraak = parse_spraak(&mut body)?;
+    {
+        let snapshot = state.store.current();
+        let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
+        match snapshot.get(pid) {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "the person is not registered",
+                ));
+            }
+            Some(rec) if rec.is_slettet() => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "the person is deleted from the register (SLETTET); the language cannot be changed",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let journal = state.journal.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this service takes no changes (it has no journal)",
+        )
+    })?;
+    match journal.append(Change::SetSpraak { id: pid, spraak }).await {
+        Ok(_) => {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        Err(JournalError::Closed) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down; the change was not made",
+        )),
+        Err(e) => {
+            tracing::error!(cause = %e, "journal append failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the change could not be made durable; it was not made",
+            ))
+        }
+    }
 }
 
 fn print_sertifikat(state: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiError> {
@@ -367,6 +478,43 @@ mod tests {
             vec![r#""11822648950""#; 1000].join(",")
         );
         check(&max, false, Ok((1000, false)));
+    }
+
+    #[test]
+    fn patch_bodies() {
+        let p = |body: &str| {
+            let mut b = body.as_bytes().to_vec();
+            parse_spraak(&mut b).map_err(|e| e.message.into_owned())
+        };
+        assert_eq!(p(r#"{"spraak":"nb"}"#), Ok(Spraak::Nb));
+        assert_eq!(p(r#"{"spraak":"nn"}"#), Ok(Spraak::Nn));
+        assert_eq!(p(r#"{"spraak":"en"}"#), Ok(Spraak::En));
+        assert_eq!(p(r#" { "spraak" : "se" } "#), Ok(Spraak::Se));
+        let lang = Err("spraak must be one of nb, nn, en, se".to_string());
+        assert_eq!(p(r#"{"spraak":"NB"}"#), lang);
+        assert_eq!(p(r#"{"spraak":"sv"}"#), lang);
+        assert_eq!(p(r#"{"spraak":""}"#), lang);
+        assert_eq!(p(r#"{"spraak":1}"#), lang);
+        assert_eq!(p(r#"{"spraak":["nb"]}"#), lang);
+        let required = Err("spraak is required".to_string());
+        assert_eq!(p("{}"), required);
+        assert_eq!(p(r#"{"spraak":null}"#), required);
+        let other = Err("only spraak can be changed; the body has another field".to_string());
+        assert_eq!(p(r#"{"spraak":"nb","epostadresse":"a@b.no"}"#), other);
+        assert_eq!(p(r#"{"20914695016":"nb"}"#), other);
+        assert_eq!(p(""), Err("request body is not valid JSON".to_string()));
+        assert_eq!(
+            p(r#"{"spraak":"nb""#),
+            Err("request body is not valid JSON".to_string())
+        );
+        assert_eq!(
+            p(r#""nb""#),
+            Err("request body must be a JSON object".to_string())
+        );
+        assert_eq!(
+            p("[]"),
+            Err("request body must be a JSON object".to_string())
+        );
     }
 
     #[test]

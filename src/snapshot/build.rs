@@ -70,8 +70,8 @@ pub struct BuildReport {
     pub input_bytes: u64,
     /// Output file size in bytes.
     pub output_bytes: u64,
-    /// What happened with `--journal`, when given.
-    pub journal_note: Option<String>,
+    /// What folding the journal did, when one was given.
+    pub journal: Option<JournalFold>,
     /// Wall time of each phase.
     pub timings: BuildTimings,
 }
@@ -118,6 +118,9 @@ pub enum BuildError {
     /// A limit of the format was exceeded.
     #[error("{0}")]
     Limit(String),
+    /// The journal to fold in is damaged.
+    #[error("{0}")]
+    Journal(String),
 }
 
 fn invalid_message(errors: &[LineError], total: u64) -> String {
@@ -130,6 +133,82 @@ fn invalid_message(errors: &[LineError], total: u64) -> String {
         m.push_str(&format!("\n  line {}: {}", e.line, e.reason));
     }
     m
+}
+
+/// What folding a journal into a build did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalFold {
+    /// Good records read.
+    pub records: u64,
+    /// Distinct persons they change (the latest change of each counts).
+    pub persons: u64,
+    /// Persons whose change was folded in.
+    pub applied: u64,
+    /// Persons whose export line has a newer `spraak_oppdatert` (the export wins).
+    pub superseded: u64,
+    /// Persons not in the export, or SLETTET in it (nothing to change).
+    pub not_applicable: u64,
+    /// The sequence number recorded in the header: everything up to it is folded.
+    pub folded_seq: u64,
+    /// A torn tail at the end of the journal (left in place: the service owns the file).
+    pub torn_tail: Option<crate::journal::Cut>,
+}
+
+/// The latest journal change of each person.
+#[derive(Default)]
+struct Fold {
+    latest: HashMap<u64, (Timestamp, crate::model::Spraak), Xxh3Builder>,
+}
+
+impl Fold {
+    fn read(dir: &Path) -> Result<(Fold, JournalFold), BuildError> {
+        if !dir.is_dir() {
+            return Err(BuildError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "journal directory does not exist",
+                ),
+            });
+        }
+        let scan = crate::journal::scan(dir, crate::journal::Mode::ReadOnly)
+            .map_err(|e| BuildError::Journal(e.to_string()))?;
+        let mut latest = HashMap::with_hasher(Xxh3Builder::new());
+        for e in &scan.entries {
+            let crate::journal::Change::SetSpraak { id, spraak } = e.change;
+            latest.insert(id.key(), (e.at, spraak));
+        }
+        // After a compaction the newest segment may hold no record yet; its start still
+        // says how far the sequence has come.
+        let folded_seq = scan
+            .last_seq()
+            .max(scan.segments.last().map_or(0, |s| s.first_seq - 1));
+        let report = JournalFold {
+            records: scan.entries.len() as u64,
+            persons: latest.len() as u64,
+            folded_seq,
+            torn_tail: scan.cut,
+            ..JournalFold::default()
+        };
+        Ok((Fold { latest }, report))
+    }
+
+    /// Applies `p`'s journal change, if it has one: 1 in the first place when folded, 1 in
+    /// the second when the export's own change is newer.
+    fn apply(&self, p: &mut Person) -> (u64, u64) {
+        let Some(&(at, spraak)) = self.latest.get(&p.id.key()) else {
+            return (0, 0);
+        };
+        if p.status != Status::Aktiv {
+            return (0, 0);
+        }
+        if p.spraak_oppdatert.is_some_and(|t| t > at) {
+            return (0, 1);
+        }
+        p.spraak = Some(spraak);
+        p.spraak_oppdatert = Some(at);
+        (1, 0)
+    }
 }
 
 struct Entry {
@@ -147,6 +226,8 @@ struct Piece {
     error_count: u64,
     counts: Counts,
     newlines: u64,
+    folded: u64,
+    superseded: u64,
 }
 
 /// Builds a snapshot from the JSONL file `input` into `out`.
@@ -174,21 +255,11 @@ pub fn build_bytes(
     out: &Path,
     opts: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
-    let journal_note = match &opts.journal {
-        None => None,
-        Some(dir) if dir.is_dir() => Some(
-            "the journal format does not exist yet (PATCH arrives with the citizens' API); \
-             nothing was folded in and the snapshot records journal sequence 0"
-                .to_string(),
-        ),
+    let (fold, mut journal) = match &opts.journal {
+        None => (Fold::default(), None),
         Some(dir) => {
-            return Err(BuildError::Io {
-                path: dir.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "journal directory does not exist",
-                ),
-            });
+            let (fold, report) = Fold::read(dir)?;
+            (fold, Some(report))
         }
     };
 
@@ -200,7 +271,7 @@ pub fn build_bytes(
     let mut pieces: Vec<Piece> = split_pieces(data)
         .par_iter()
         .map(|bytes| {
-            let piece = process_piece(bytes, build_time);
+            let piece = process_piece(bytes, build_time, &fold);
             bar.inc(bytes.len() as u64);
             piece
         })
@@ -229,6 +300,11 @@ pub fn build_bytes(
         });
     }
 
+    if let Some(j) = &mut journal {
+        j.applied = pieces.iter().map(|p| p.folded).sum();
+        j.superseded = pieces.iter().map(|p| p.superseded).sum();
+        j.not_applicable = j.persons - j.applied - j.superseded;
+    }
     let parsed = std::time::Instant::now();
     let (body, counts, max_probe) = assemble(pieces)?;
     let assembled = std::time::Instant::now();
@@ -237,7 +313,7 @@ pub fn build_bytes(
         body_len: 0,
         body_checksum: 0,
         build_time,
-        journal_seq: 0,
+        journal_seq: journal.as_ref().map_or(0, |j| j.folded_seq),
         counts,
         max_probe,
     };
@@ -253,7 +329,7 @@ pub fn build_bytes(
         lines,
         input_bytes: data.len() as u64,
         output_bytes: HEADER_LEN as u64 + header.body_len,
-        journal_note,
+        journal,
     })
 }
 
@@ -290,7 +366,7 @@ fn split_pieces(data: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Parses one piece; line numbers in the result count from 0 within the piece.
-fn process_piece(bytes: &[u8], now: Timestamp) -> Piece {
+fn process_piece(bytes: &[u8], now: Timestamp, fold: &Fold) -> Piece {
     let mut piece = Piece {
         // Rendered records are smaller than their JSON lines (certificates are stored apart).
         records: Vec::with_capacity(bytes.len()),
@@ -315,7 +391,7 @@ fn process_piece(bytes: &[u8], now: Timestamp) -> Piece {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let person = match parser.parse(raw) {
+        let mut person = match parser.parse(raw) {
             Ok(p) => p,
             Err(e) => {
                 fail(&mut piece, line, e.reason);
@@ -342,6 +418,9 @@ fn process_piece(bytes: &[u8], now: Timestamp) -> Piece {
                 }
             },
         };
+        let (folded, superseded) = fold.apply(&mut person);
+        piece.folded += folded;
+        piece.superseded += superseded;
         let offset = piece.records.len() as u64;
         match write_record(&person, now, cert, &mut piece.records) {
             Ok(flags) => {

@@ -230,9 +230,17 @@ impl Snapshot {
             .map_or(&[], |c| c.as_slice())
     }
 
-    /// Appends `rec` rendered with `groups` (a whole JSON object).
+    /// Appends `rec` rendered with `groups` (a whole JSON object). `spraak`, when given,
+    /// replaces the record's spraak segment (a change from the overlay); a SLETTET person
+    /// never shows one.
     #[inline]
-    pub fn write_record(&self, rec: &Record<'_>, groups: Groups, out: &mut Vec<u8>) {
+    pub fn write_record(
+        &self,
+        rec: &Record<'_>,
+        groups: Groups,
+        spraak: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(rec.head());
         if groups.contains(Groups::VARSLING) {
             out.extend_from_slice(rec.varsling());
@@ -249,7 +257,10 @@ impl Snapshot {
             out.extend_from_slice(self.cert_segment(c));
         }
         if groups.contains(Groups::SPRAAK) {
-            out.extend_from_slice(rec.spraak());
+            match spraak {
+                Some(seg) if !rec.is_slettet() => out.extend_from_slice(seg),
+                _ => out.extend_from_slice(rec.spraak()),
+            }
         }
         out.push(b'}');
     }
@@ -395,5 +406,15 @@ impl<'a> Record<'a> {
     #[inline]
     pub fn is_slettet(&self) -> bool {
         self.flags & FLAG_SLETTET != 0
+    }
+    /// The stored `spraak_oppdatert`, read back from the spraak segment (not on the
+    /// lookup path: the overlay uses it when a snapshot is published).
+    pub fn spraak_oppdatert(&self) -> Option<crate::time::Timestamp> {
+        const KEY: &[u8] = b"\"spraak_oppdatert\":\"";
+        let seg = self.spraak();
+        let start = memchr::memmem::find(seg, KEY)? + KEY.len();
+        let len = memchr::memchr(b'"', &seg[start..])?;
+        let text = std::str::from_utf8(&seg[start..start + len]).ok()?;
+        crate::time::Timestamp::parse(text).ok()
     }
 }

@@ -1,0 +1,271 @@
+//! The journal's bytes. `docs/format.md` describes the same layout in prose.
+//!
+//! A journal is a directory of segment files named `<first seq, 20 digits>.journal`, each
+//!
+//! ```text
+//! segment header, SEGMENT_HEADER_LEN (24) bytes, little-endian:
+//!   0  [u8; 8]  magic "KRRJRNL\0"
+//!   8  u32      format version (1)
+//!  12  u32      CRC32C of bytes 0..12 and 16..24
+//!  16  u64      sequence number of the segment's first record
+//! then records, one after the other:
+//!   0  u32      payload length
+//!   4  u32      CRC32C of bytes 8..(24 + payload length)
+//!   8  u64      sequence number (each record's is the previous one's + 1)
+//!  16  i64      time of the change, Unix seconds
+//!  24  payload  the change: a kind byte, then the kind's fields
+//! ```
+//!
+//! Payload kind 1, *set language*: `u8 1`, `u64` personal number, `u8` language
+//! (0 nb, 1 nn, 2 en, 3 se): 10 bytes. A frame is 34 bytes.
+
+use crate::fnr::PersonId;
+use crate::model::Spraak;
+use crate::time::Timestamp;
+
+/// First eight bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"KRRJRNL\0";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Segment header size.
+pub const SEGMENT_HEADER_LEN: usize = 24;
+/// Bytes of a frame before its payload.
+pub const FRAME_HEADER_LEN: usize = 24;
+/// Largest payload a reader accepts (anything longer is corruption).
+pub const MAX_PAYLOAD: u32 = 4096;
+/// File name suffix of a segment.
+pub const SUFFIX: &str = "journal";
+
+const KIND_SET_SPRAAK: u8 = 1;
+
+/// One change a PATCH makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `spraak` set (and `spraak_oppdatert` set to the entry's time).
+    SetSpraak {
+        /// Whose language.
+        id: PersonId,
+        /// The new language.
+        spraak: Spraak,
+    },
+}
+
+impl Change {
+    /// The person the change is for.
+    pub fn person(&self) -> PersonId {
+        match *self {
+            Change::SetSpraak { id, .. } => id,
+        }
+    }
+}
+
+/// A durable change: what, when, and its place in the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Sequence number (from 1, without gaps).
+    pub seq: u64,
+    /// When the change was made (this is `spraak_oppdatert`).
+    pub at: Timestamp,
+    /// The change.
+    pub change: Change,
+}
+
+fn spraak_code(s: Spraak) -> u8 {
+    match s {
+        Spraak::Nb => 0,
+        Spraak::Nn => 1,
+        Spraak::En => 2,
+        Spraak::Se => 3,
+    }
+}
+
+/// The name of the segment starting at `first_seq`.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.{SUFFIX}")
+}
+
+/// The first sequence number a segment file name stands for, if it is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SUFFIX)?.strip_suffix('.')?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The 24 header bytes of a segment starting at `first_seq`.
+pub fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = header_crc(&h);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn header_crc(h: &[u8; SEGMENT_HEADER_LEN]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&h[0..12]), &h[16..24])
+}
+
+/// Why a segment header was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Fewer than 24 bytes.
+    #[error("segment header is incomplete")]
+    Short,
+    /// Not a journal segment.
+    #[error("not a krr journal segment (wrong magic number)")]
+    Magic,
+    /// A version this build cannot read.
+    #[error("unsupported journal format version {0}")]
+    Version(u32),
+    /// The header's checksum does not match.
+    #[error("segment header checksum mismatch")]
+    Checksum,
+}
+
+/// Decodes a segment header; returns the first sequence number.
+pub fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
+    let h: &[u8; SEGMENT_HEADER_LEN] = b
+        .get(..SEGMENT_HEADER_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(HeaderError::Short)?;
+    if h[0..8] != MAGIC {
+        return Err(HeaderError::Magic);
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let crc = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    if crc != header_crc(h) {
+        return Err(HeaderError::Checksum);
+    }
+    Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
+}
+
+/// Appends the frame of `entry` to `out`.
+pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&entry.seq.to_le_bytes());
+    out.extend_from_slice(&entry.at.0.to_le_bytes());
+    match entry.change {
+        Change::SetSpraak { id, spraak } => {
+            out.push(KIND_SET_SPRAAK);
+            out.extend_from_slice(&id.key().to_le_bytes());
+            out.push(spraak_code(spraak));
+        }
+    }
+    let payload_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why the bytes at some offset are not a good frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The bytes end inside a frame (a write cut short by a crash).
+    #[error("the last record is incomplete (torn write)")]
+    Torn,
+    /// The length field is impossible.
+    #[error("record length {0} is impossible")]
+    Length(u32),
+    /// The checksum does not match the bytes.
+    #[error("record checksum mismatch")]
+    Checksum,
+    /// A payload of a kind this build does not know, or with wrong fields.
+    #[error("record payload is not a known change")]
+    Payload,
+}
+
+/// Decodes the frame at the start of `b`; returns the entry and the frame's length.
+/// Sequence continuity is the caller's check.
+pub fn decode(b: &[u8]) -> Result<(Entry, usize), FrameError> {
+    if b.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Torn);
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let len = u32_at(0);
+    if len == 0 || len > MAX_PAYLOAD {
+        return Err(FrameError::Length(len));
+    }
+    let total = FRAME_HEADER_LEN + len as usize;
+    if b.len() < total {
+        return Err(FrameError::Torn);
+    }
+    if crc32c::crc32c(&b[8..total]) != u32_at(4) {
+        return Err(FrameError::Checksum);
+    }
+    let seq = u64_at(8);
+    let at = Timestamp(u64_at(16) as i64);
+    let payload = &b[FRAME_HEADER_LEN..total];
+    let change = match payload {
+        [KIND_SET_SPRAAK, rest @ ..] if rest.len() == 9 => {
+            let id = PersonId::from_key(u64::from_le_bytes(rest[..8].try_into().expect("8")))
+                .ok_or(FrameError::Payload)?;
+            let spraak = *Spraak::ALL
+                .get(usize::from(rest[8]))
+                .ok_or(FrameError::Payload)?;
+            Change::SetSpraak { id, spraak }
+        }
+        _ => return Err(FrameError::Payload),
+    };
+    Ok((Entry { seq, at, change }, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            at: Timestamp(1_790_000_000),
+            change: Change::SetSpraak {
+                id: PersonId::parse(b"20914695016").unwrap(),
+                spraak: Spraak::Se,
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let mut out = Vec::new();
+        encode(&entry(7), &mut out);
+        assert_eq!(out.len(), 34);
+        assert_eq!(decode(&out), Ok((entry(7), 34)));
+        for cut in 0..out.len() {
+            assert_eq!(decode(&out[..cut]), Err(FrameError::Torn), "cut at {cut}");
+        }
+        for i in 4..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(decode(&bad), Err(FrameError::Checksum), "flip at {i}");
+        }
+        let mut zero = out.clone();
+        zero[..4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&zero), Err(FrameError::Length(0)));
+        assert_eq!(decode(&[0u8; 64]), Err(FrameError::Length(0)));
+    }
+
+    #[test]
+    fn segment_headers() {
+        let h = segment_header(42);
+        assert_eq!(decode_segment_header(&h), Ok(42));
+        assert_eq!(decode_segment_header(&h[..10]), Err(HeaderError::Short));
+        let mut bad = h;
+        bad[20] ^= 1;
+        assert_eq!(decode_segment_header(&bad), Err(HeaderError::Checksum));
+        let mut bad = h;
+        bad[0] = b'X';
+        assert_eq!(decode_segment_header(&bad), Err(HeaderError::Magic));
+        assert_eq!(segment_name(42), "00000000000000000042.journal");
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("42.journal"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.journal.tmp"), None);
+    }
+}
