@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use krr::fnr::PersonId;
 use krr::lookup::{BatchOptions, write_personer};
 use krr::model::Person;
+use krr::overlay::Overlay;
 use krr::render::{Groups, write_person};
 use krr::snapshot::Snapshot;
 use krr::time::Timestamp;
@@ -30,6 +31,7 @@ fn batch(c: &mut Criterion) {
         let ids: Vec<PersonId> = snap.ids().collect();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut out = Vec::with_capacity(4 << 20);
+        let empty = Overlay::new();
         // A new draw of ids across the whole snapshot for every iteration (drawn outside
         // the timed part).
         g.bench_function(format!("prerendered/{}", common::label(n)), |b| {
@@ -37,12 +39,51 @@ fn batch(c: &mut Criterion) {
                 || draw(&ids, &mut rng),
                 |batch| {
                     out.clear();
-                    write_personer(&snap, batch, BatchOptions::v1(Groups::ALL), &mut out);
+                    write_personer(
+                        &snap,
+                        &empty,
+                        batch,
+                        BatchOptions::v1(Groups::ALL),
+                        &mut out,
+                    );
                     out.len()
                 },
                 BatchSize::SmallInput,
             )
         });
+        // The same with 100,000 changed persons in the overlay (a busy day of PATCHes):
+        // what consulting the dashmap costs every found id.
+        g.bench_function(
+            format!("prerendered_overlay_100k/{}", common::label(n)),
+            |b| {
+                let overlay = Overlay::new();
+                for (k, &id) in ids.iter().step_by((ids.len() / 100_000).max(1)).enumerate() {
+                    overlay.apply(&krr::journal::Entry {
+                        seq: k as u64 + 1,
+                        at: krr::time::Timestamp(1_790_000_000),
+                        change: krr::journal::Change::SetSpraak {
+                            id,
+                            spraak: krr::model::Spraak::En,
+                        },
+                    });
+                }
+                b.iter_batched_ref(
+                    || draw(&ids, &mut rng),
+                    |batch| {
+                        out.clear();
+                        write_personer(
+                            &snap,
+                            &overlay,
+                            batch,
+                            BatchOptions::v1(Groups::ALL),
+                            &mut out,
+                        );
+                        out.len()
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
     }
 
     // The alternative: persons held as structs, rendered (timestamps converted to Oslo

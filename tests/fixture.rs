@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use krr::fnr::PersonId;
 use krr::lookup::write_person;
+use krr::overlay::Overlay;
 use krr::render::Groups;
 use krr::snapshot::{BuildOptions, Snapshot, build_file};
 use krr::time::Timestamp;
@@ -43,6 +44,7 @@ fn the_committed_v1_snapshot_is_read_and_rewritten_byte_for_byte() {
         let mut out = Vec::new();
         assert!(write_person(
             &snap,
+            &Overlay::new(),
             PersonId::parse(id.as_bytes()).unwrap(),
             Groups::ALL,
             &mut out

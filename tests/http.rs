@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use krr::auth::JwksSource;
 use krr::auth::mint::{MintOptions, mint};
 use krr::http::Limits;
+use krr::journal::JournalOptions;
 use krr::serve::{Prepared, ServeConfig, prepare};
 
 const ALL_SCOPES: &str = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read";
@@ -82,6 +83,8 @@ async fn start(opts: Options) -> Server {
         limits: opts.limits,
         clock_skew: Duration::from_secs(60),
         jwks_refresh: Duration::from_secs(300),
+        journal_dir: dir.path().join("journal"),
+        journal: JournalOptions::default(),
     };
     let Prepared { listener, state } = prepare(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -5,6 +5,7 @@ mod common;
 use common::{BUILD_TIME, ORDER, build_opts, keys, register, source_values};
 use krr::fnr::PersonId;
 use krr::lookup::{BatchOptions, write_person, write_personer};
+use krr::overlay::Overlay;
 use krr::render::Groups;
 use krr::snapshot::{Snapshot, build_bytes};
 use krr::time::Timestamp;
@@ -68,7 +69,13 @@ fn every_person_reads_back_exactly_as_its_source() {
     let mut out = Vec::new();
     for s in &src {
         out.clear();
-        assert!(write_person(&snap, id_of(s), Groups::ALL, &mut out));
+        assert!(write_person(
+            &snap,
+            &Overlay::new(),
+            id_of(s),
+            Groups::ALL,
+            &mut out
+        ));
         let raw = std::str::from_utf8(&out).unwrap();
         assert!(!raw.contains("null"), "{raw}");
         let got: Value = serde_json::from_slice(&out).unwrap();
@@ -148,7 +155,13 @@ fn each_group_combination_renders_exactly_its_keys_in_order() {
         let full = expected_full(s);
         for groups in Groups::every_combination() {
             out.clear();
-            write_personer(&snap, &[id_of(s)], BatchOptions::v1(groups), &mut out);
+            write_personer(
+                &snap,
+                &Overlay::new(),
+                &[id_of(s)],
+                BatchOptions::v1(groups),
+                &mut out,
+            );
             let raw = std::str::from_utf8(&out).unwrap();
             assert!(!raw.contains("null"), "{raw}");
             let got: Value = serde_json::from_slice(&out).unwrap();
@@ -181,7 +194,7 @@ fn batches_keep_order_and_duplicates_with_v1_and_v2_semantics() {
     let run = |opts: BatchOptions| {
         let mut out = b"previous answer".to_vec();
         out.clear();
-        let stats = write_personer(&snap, &ids, opts, &mut out);
+        let stats = write_personer(&snap, &Overlay::new(), &ids, opts, &mut out);
         (serde_json::from_slice::<Value>(&out).unwrap(), stats)
     };
 
@@ -220,7 +233,13 @@ fn batches_keep_order_and_duplicates_with_v1_and_v2_semantics() {
 
     // Nothing found and nothing included is an empty list, not a missing one.
     let mut out = Vec::new();
-    write_personer(&snap, &[u1], BatchOptions::v2(Groups::ALL, false), &mut out);
+    write_personer(
+        &snap,
+        &Overlay::new(),
+        &[u1],
+        BatchOptions::v2(Groups::ALL, false),
+        &mut out,
+    );
     assert_eq!(out, br#"{"personer":[]}"#);
 }
 
@@ -296,6 +315,7 @@ fn blank_lines_crlf_and_an_empty_export_are_accepted() {
     let mut buf = Vec::new();
     assert!(write_person(
         &snap,
+        &Overlay::new(),
         PersonId::parse(b"20914695016").unwrap(),
         Groups::ALL,
         &mut buf
@@ -383,6 +403,7 @@ fn digdir_test_persons_get_the_expected_notification_status() {
         let mut buf = Vec::new();
         assert!(write_person(
             &snap,
+            &Overlay::new(),
             PersonId::parse(id.as_bytes()).unwrap(),
             Groups::ALL,
             &mut buf

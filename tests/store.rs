@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{register, source_values};
 use krr::fnr::PersonId;
 use krr::lookup::{BatchOptions, write_personer};
+use krr::overlay::Overlay;
 use krr::render::Groups;
 use krr::snapshot::format::{HEADER_LEN, Header, off};
 use krr::snapshot::{Snapshot, SnapshotError};
@@ -182,7 +183,13 @@ fn swapping_while_readers_hold_the_old_snapshot_is_safe() {
         .collect();
     let answer = |snap: &Snapshot| {
         let mut out = Vec::new();
-        write_personer(snap, &ids, BatchOptions::v1(Groups::ALL), &mut out);
+        write_personer(
+            snap,
+            &Overlay::new(),
+            &ids,
+            BatchOptions::v1(Groups::ALL),
+            &mut out,
+        );
         out
     };
     let want_a = answer(&Snapshot::open(&a).unwrap());
@@ -220,6 +227,7 @@ fn swapping_while_readers_hold_the_old_snapshot_is_safe() {
                     out.clear();
                     write_personer(
                         guard.as_ref().unwrap(),
+                        &Overlay::new(),
                         &ids,
                         BatchOptions::v1(Groups::ALL),
                         &mut out,
