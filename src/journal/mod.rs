@@ -62,6 +62,9 @@ pub enum JournalError {
     /// The writer has stopped (the service is shutting down).
     #[error("the journal is closed")]
     Closed,
+    /// Another process (or writer) holds the journal.
+    #[error("journal {0} is in use by another process (its LOCK file is locked)")]
+    Locked(PathBuf),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -359,6 +362,22 @@ impl Journal {
         apply: ApplyFn,
     ) -> Result<(Journal, Scan), JournalError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // One writer per journal: a second service on the same directory would interleave
+        // sequence numbers. The lock goes with the writer thread (released when it ends).
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked(dir.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
         let scan = scan(dir, Mode::Repair)?;
         let stats = Arc::new(JournalStats::default());
         let mut next_seq = scan.last_seq().max(after_seq) + 1;
@@ -399,7 +418,10 @@ impl Journal {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("krr-journal".into())
-            .spawn(move || writer.run(&rx, apply))
+            .spawn(move || {
+                writer.run(&rx, apply);
+                drop(lock);
+            })
             .map_err(io_err(dir))?;
         Ok((
             Journal {

@@ -1,0 +1,266 @@
+//! The HTTP test harness: the real server on 127.0.0.1:0 in process, a real client, tokens
+//! signed by the fixture keys. A server can be stopped and started again on the same
+//! directory (snapshots and journal), as a restart would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use krr::auth::JwksSource;
+use krr::auth::mint::{MintOptions, mint};
+use krr::http::{AppState, Limits};
+use krr::journal::JournalOptions;
+use krr::serve::{Prepared, ServeConfig, prepare};
+
+pub const ALL_SCOPES: &str = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read";
+
+pub fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub register: Vec<Value>,
+    pub state: Arc<AppState>,
+    pub dir: Arc<tempfile::TempDir>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+pub struct Options {
+    pub with_snapshot: bool,
+    pub audience: Option<String>,
+    pub limits: Limits,
+    pub jwks: Option<JwksSource>,
+    /// Start on this directory as it is (a restart) instead of a new one.
+    pub reuse: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            with_snapshot: true,
+            audience: None,
+            limits: Limits::default(),
+            jwks: None,
+            reuse: None,
+        }
+    }
+}
+
+pub async fn start(opts: Options) -> Server {
+    let (dir, fresh) = match opts.reuse {
+        Some(dir) => (dir, false),
+        None => (Arc::new(tempfile::tempdir().unwrap()), true),
+    };
+    let snapshots = dir.path().join("snapshots");
+    let mut register = Vec::new();
+    if fresh {
+        std::fs::create_dir(&snapshots).unwrap();
+        if opts.with_snapshot {
+            let (_, krr) = super::register(dir.path(), "reg", 800, 21);
+            std::fs::rename(&krr, snapshots.join("reg.krr")).unwrap();
+        }
+    }
+    let jsonl = dir.path().join("reg.jsonl");
+    if jsonl.exists() {
+        register = super::source_values(&jsonl);
+    }
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        snapshot_dir: snapshots,
+        jwks: Some(
+            opts.jwks
+                .unwrap_or_else(|| JwksSource::File(fixture("keys/jwks.json"))),
+        ),
+        issuers: vec!["https://maskinporten.no/".into()],
+        audience: opts.audience,
+        signing: Some((
+            fixture("keys/signing-rsa.pem"),
+            fixture("keys/signing-cert.pem"),
+        )),
+        print: Some((
+            "984661185".into(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/certs/digipost.pem"),
+        )),
+        limits: opts.limits,
+        clock_skew: Duration::from_secs(60),
+        jwks_refresh: Duration::from_secs(300),
+        journal_dir: dir.path().join("journal"),
+        journal: JournalOptions::default(),
+    };
+    let Prepared { listener, state } = prepare(&config).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(krr::http::run(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        register,
+        state,
+        dir,
+        stop,
+        running,
+    }
+}
+
+impl Server {
+    /// Stops the server and waits until its state (journal writer included) is released;
+    /// returns the directory, to start again on.
+    pub async fn stop(self) -> Arc<tempfile::TempDir> {
+        let _ = self.stop.send(());
+        self.running.await.unwrap();
+        let mut state = self.state;
+        // Connection tasks still hold the state until their clients have hung up.
+        for _ in 0..500 {
+            match Arc::try_unwrap(state) {
+                Ok(s) => {
+                    drop(s);
+                    return self.dir;
+                }
+                Err(s) => state = s,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server's state is still in use 5 s after stopping");
+    }
+}
+
+pub fn token(opts: MintOptions) -> String {
+    let key = std::fs::read(fixture("keys/issuer-rsa.pem")).unwrap();
+    mint(
+        &key,
+        &MintOptions {
+            kid: opts.kid.clone().or(Some("test-rsa".into())),
+            ..opts
+        },
+    )
+    .unwrap()
+}
+
+pub fn scoped(scope: &str) -> String {
+    token(MintOptions {
+        scope: scope.into(),
+        ..MintOptions::default()
+    })
+}
+
+/// A token with every global scope, signed by the fixture key `key_file` under `kid`.
+pub fn signed_by(key_file: &str, kid: &str) -> String {
+    let key = std::fs::read(fixture(key_file)).unwrap();
+    mint(
+        &key,
+        &MintOptions {
+            scope: ALL_SCOPES.into(),
+            kid: Some(kid.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+}
+
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn post(s: &Server, path: &str, token: &str, body: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    call(
+        s.addr,
+        Method::POST,
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+pub fn ids_body(ids: &[&str]) -> String {
+    json!({ "personidentifikatorer": ids }).to_string()
+}
+
+pub fn id(v: &Value) -> &str {
+    v["personidentifikator"].as_str().unwrap()
+}
+
+/// The error body shape, status and message.
+pub fn check_error(a: &Answer, status: u16, message: &str) {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let v = a.json();
+    assert_eq!(v["status"], status);
+    assert_eq!(v["error"], a.status.canonical_reason().unwrap());
+    assert_eq!(v["message"], message);
+    assert!(v["path"].is_string());
+    assert_eq!(a.header("content-type"), "application/json");
+}
