@@ -198,6 +198,19 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
+    try_call(addr, method, path, headers, body)
+        .await
+        .expect("the server answered")
+}
+
+/// Like [`call`], but `None` when the connection fails (a server that was killed).
+pub async fn try_call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Option<Answer> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut req = Request::builder()
@@ -209,21 +222,15 @@ pub async fn call(
     let resp = client
         .request(req.body(Full::new(body.into())).unwrap())
         .await
-        .unwrap();
+        .ok()?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Answer {
+    let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+    Some(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub async fn post(s: &Server, path: &str, token: &str, body: &str) -> Answer {
