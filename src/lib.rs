@@ -27,6 +27,7 @@
 //! - [`http`]: the public API over hyper (routes, errors, `application/jose`).
 //! - [`serve`]: `krr serve` and `krr demo`: configuration, start-up, the quick start.
 //! - [`generate`]: the deterministic synthetic register.
+//! - [`loadtest`]: `krr loadtest`, the HTTP load generator with HdrHistogram latencies.
 //!
 //! `ARCHITECTURE.md` has the invariants; `docs/format.md` the bytes of a snapshot.
 
@@ -38,6 +39,7 @@ pub mod fnr;
 pub mod generate;
 pub mod http;
 pub mod journal;
+pub mod loadtest;
 pub mod lookup;
 pub mod model;
 pub mod overlay;

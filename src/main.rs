@@ -84,6 +84,8 @@ enum Command {
         #[arg(long, env = "KRR_USER")]
         user: bool,
     },
+    /// Drive a running service with lookups and/or PATCHes; print throughput and latency.
+    Loadtest(Box<LoadtestArgs>),
     /// The quick start: a synthetic register, development keys, and the service trusting
     /// only those keys; prints a curl command that works. Reuses what exists.
     Demo {
@@ -155,6 +157,59 @@ struct ServeArgs {
     /// Start a new journal segment once the open one reaches this many bytes.
     #[arg(long, env = "KRR_JOURNAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     journal_segment_bytes: u64,
+}
+
+#[derive(clap::Args)]
+struct LoadtestArgs {
+    /// The service's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// The snapshot the service serves: ids are drawn from it (and PATCHes go to its
+    /// AKTIV persons).
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Token-signing key the service trusts (PEM), to mint the tokens with.
+    #[arg(long)]
+    key: PathBuf,
+    /// `kid` of that key in the service's JWKS.
+    #[arg(long)]
+    kid: Option<String>,
+    /// `iss` of the tokens.
+    #[arg(long, default_value = krr::auth::mint::MASKINPORTEN)]
+    iss: String,
+    /// Scopes of the lookup token.
+    #[arg(
+        long,
+        default_value = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read"
+    )]
+    scope: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Stop after this many requests (across all connections).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Ids per lookup.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// v1 or v2 (v2 with inkluderIkkeRegistrerte).
+    #[arg(long, value_enum, default_value = "v1")]
+    api: krr::loadtest::Api,
+    /// Percentage of requests that are PATCH /rest/v1/person (0-100).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    patch_percent: u8,
+    /// Distinct persons (user tokens) the PATCHes are spread over.
+    #[arg(long, default_value_t = 1000)]
+    patch_persons: usize,
+    /// Seed of the id draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -303,6 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SnapshotCommand::Inspect { path, get },
         } => inspect(path, get),
         Command::Journal { command } => journal_command(command),
+        Command::Loadtest(args) => loadtest(*args),
         Command::Serve(args) => {
             init_tracing();
             runtime()?.block_on(krr::serve::serve(serve_config(*args)))?;
@@ -363,6 +419,73 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+fn loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
+    use krr::auth::mint::{MintOptions, mint};
+    let snap = Snapshot::open(&a.snapshot)?;
+    let ids: Vec<krr::fnr::PersonId> = snap.ids().collect();
+    let key = std::fs::read(&a.key)?;
+    let base = MintOptions {
+        iss: a.iss.clone(),
+        kid: a.kid.clone(),
+        ttl: 4 * 3600,
+        ..MintOptions::default()
+    };
+    let machine_token = mint(
+        &key,
+        &MintOptions {
+            scope: a.scope.clone(),
+            ..base.clone()
+        },
+    )?;
+    let mut user_tokens = Vec::new();
+    if a.patch_percent > 0 {
+        let step = (ids.len() / a.patch_persons.max(1)).max(1);
+        for &id in ids.iter().step_by(step) {
+            if user_tokens.len() == a.patch_persons {
+                break;
+            }
+            if snap.get(id).is_some_and(|r| !r.is_slettet()) {
+                let digits = String::from_utf8(id.digits().to_vec()).expect("digits");
+                let t = mint(
+                    &key,
+                    &MintOptions {
+                        scope: "krr:user/spraak.write".into(),
+                        pid: Some(digits),
+                        user: true,
+                        ..base.clone()
+                    },
+                )?;
+                user_tokens.push((id, t));
+            }
+        }
+    }
+    drop(snap);
+    let opts = krr::loadtest::LoadOptions {
+        target: a.target,
+        connections: a.connections,
+        duration: std::time::Duration::from_secs(a.duration),
+        requests: a.requests,
+        batch: a.batch,
+        api: a.api,
+        patch_percent: a.patch_percent,
+        ids: std::sync::Arc::new(ids),
+        machine_token,
+        user_tokens: std::sync::Arc::new(user_tokens),
+        seed: a.seed,
+    };
+    let report = runtime()?.block_on(krr::loadtest::run(opts.clone()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(&opts))?);
+    } else {
+        print!("{}", report.to_text(&opts));
+    }
+    Ok(if report.error_count() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
 }
 
 fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {

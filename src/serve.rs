@@ -172,9 +172,36 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         "krr serving"
     );
     drop(snapshot);
-    crate::http::run(listener, state, shutdown_signal()).await;
+    crate::http::run(listener, state.clone(), shutdown_signal()).await;
+    log_journal_stats(&state);
     tracing::info!("stopped accepting connections; exiting");
     Ok(())
+}
+
+/// Every acknowledged change is already durable; this only reports how group commit went.
+fn log_journal_stats(state: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(j) = &state.journal {
+        let s = j.stats();
+        let syncs = s.syncs.load(Relaxed);
+        let records = s.records.load(Relaxed);
+        tracing::info!(
+            last_seq = s.last_seq.load(Relaxed),
+            records,
+            syncs,
+            records_per_sync = if syncs == 0 {
+                0.0
+            } else {
+                records as f64 / syncs as f64
+            },
+            mean_sync_us = if syncs == 0 {
+                0
+            } else {
+                s.sync_nanos.load(Relaxed) / syncs / 1000
+            },
+            "journal: changes written by this process"
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -329,7 +356,8 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
         ids.get(1).map_or("", String::as_str),
     );
     println!();
-    crate::http::run(listener, state, shutdown_signal()).await;
+    crate::http::run(listener, state.clone(), shutdown_signal()).await;
+    log_journal_stats(&state);
     Ok(())
 }
 

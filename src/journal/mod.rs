@@ -318,6 +318,8 @@ pub struct JournalStats {
     pub last_seq: AtomicU64,
     /// Syncs done (each acknowledges a group of changes).
     pub syncs: AtomicU64,
+    /// Records written by this writer.
+    pub records: AtomicU64,
     /// Time spent in `fdatasync`, nanoseconds in total.
     pub sync_nanos: AtomicU64,
 }
@@ -549,6 +551,9 @@ impl Writer {
             let last = entries.last().expect("a batch is never empty").seq;
             self.stats.last_seq.store(last, Ordering::Release);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .records
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
             self.stats
                 .sync_nanos
                 .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
