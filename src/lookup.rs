@@ -65,7 +65,8 @@ pub fn write_personer(
 ) -> BatchStats {
     let mut stats = BatchStats::default();
     // One check per batch: with nothing changed, no id pays for the overlay.
-    let overlay = (opts.groups.contains(Groups::SPRAAK) && !overlay.is_empty()).then_some(overlay);
+    let overlay = (opts.groups.contains(Groups::SPRAAK) && !overlay.is_empty())
+        .then(|| (overlay, overlay.filter()));
     out.extend_from_slice(b"{\"personer\":[");
     let mut first = true;
     for group in ids.chunks(PREFETCH) {
@@ -87,11 +88,11 @@ pub fn write_personer(
                         out.push(b',');
                     }
                     first = false;
-                    match overlay {
-                        None => snapshot.write_record(rec, opts.groups, None, out),
-                        Some(o) => o.with_spraak(id, |spraak| {
+                    match &overlay {
+                        Some((o, filter)) if filter.may_hold(id) => o.with_spraak(id, |spraak| {
                             snapshot.write_record(rec, opts.groups, spraak, out);
                         }),
+                        _ => snapshot.write_record(rec, opts.groups, None, out),
                     }
                     stats.found += 1;
                 }

@@ -8,9 +8,22 @@
 //! Entries leave when a snapshot that holds them is published ([`Overlay::prune`]): the
 //! snapshot folded in their sequence number, or it has a newer `spraak_oppdatert` of its
 //! own, or it no longer has the person as AKTIV.
+//!
+//! **The filter.** A batch asks the overlay about every id it found, and after a busy day
+//! most ids are not in it. A 2^21-bit filter (256 KiB, stays in L2) in front of the map
+//! answers "certainly not changed" with one bit test; only ids whose bit is set pay for the
+//! map's lock and lookup. Bits are set by [`Overlay::apply`] and never cleared in place
+//! (a cleared bit could hide an entry from a reader); after a prune a new filter is built
+//! from the map and swapped in. `apply` and that rebuild are serialised by one mutex, so a
+//! reader that loads the filter after an acknowledgement always finds the change's bit:
+//! either the apply set it in that filter, or the filter was built from the map after the
+//! apply.
 
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::fnr::PersonId;
@@ -67,10 +80,60 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Bits of the filter (a power of two).
+const FILTER_BITS: usize = 1 << 21;
+
+/// A one-hash bit filter of changed persons: a clear bit means "not in the overlay".
+#[derive(Debug)]
+pub struct Filter {
+    words: Box<[AtomicU64]>,
+}
+
+impl Filter {
+    fn new() -> Filter {
+        Filter {
+            words: (0..FILTER_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    fn bit(key: u64) -> (usize, u64) {
+        let mut h = IdHasher::default();
+        h.write_u64(key);
+        let b = (h.finish() as usize) & (FILTER_BITS - 1);
+        (b / 64, 1 << (b % 64))
+    }
+
+    fn set(&self, key: u64) {
+        let (w, m) = Filter::bit(key);
+        self.words[w].fetch_or(m, Ordering::Release);
+    }
+
+    /// False when `id` is certainly not in the overlay.
+    #[inline]
+    pub fn may_hold(&self, id: PersonId) -> bool {
+        let (w, m) = Filter::bit(id.key());
+        self.words[w].load(Ordering::Acquire) & m != 0
+    }
+}
+
 /// Changed persons by personal number.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Overlay {
     map: DashMap<u64, Changed, BuildHasherDefault<IdHasher>>,
+    filter: ArcSwap<Filter>,
+    /// Serialises `apply` with the filter rebuild (see the module doc).
+    writers: std::sync::Mutex<()>,
+}
+
+impl Default for Overlay {
+    fn default() -> Overlay {
+        Overlay {
+            map: DashMap::default(),
+            filter: ArcSwap::from_pointee(Filter::new()),
+            writers: std::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl Overlay {
@@ -90,6 +153,7 @@ impl Overlay {
             spraak,
             segment: segment.into_boxed_slice(),
         };
+        let _serial = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         self.map
             .entry(id.key())
             .and_modify(|held| {
@@ -98,6 +162,13 @@ impl Overlay {
                 }
             })
             .or_insert(changed);
+        self.filter.load().set(id.key());
+    }
+
+    /// The filter to test a batch's ids against (load it once per request).
+    #[inline]
+    pub fn filter(&self) -> arc_swap::Guard<Arc<Filter>> {
+        self.filter.load()
     }
 
     /// Applies the entries a snapshot does not hold yet (recovery after a restart). Returns
@@ -156,7 +227,17 @@ impl Overlay {
             };
             !snapshot.holds(&entry)
         });
-        before.saturating_sub(self.map.len())
+        let dropped = before.saturating_sub(self.map.len());
+        if dropped > 0 {
+            // Bits of dropped entries are only cleared by building a new filter.
+            let _serial = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = Filter::new();
+            for e in self.map.iter() {
+                fresh.set(*e.key());
+            }
+            self.filter.store(Arc::new(fresh));
+        }
+        dropped
     }
 }
 
@@ -175,5 +256,45 @@ impl Snapshot {
             return true;
         }
         rec.spraak_oppdatert().is_some_and(|t| t > entry.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, id: PersonId, spraak: Spraak) -> Entry {
+        Entry {
+            seq,
+            at: Timestamp(1_795_176_000 + seq as i64),
+            change: Change::SetSpraak { id, spraak },
+        }
+    }
+
+    #[test]
+    fn newer_changes_win_and_the_filter_sees_every_change() {
+        let ids = crate::generate::synthetic_ids(5000, 9).unwrap();
+        let o = Overlay::new();
+        assert!(o.is_empty());
+        o.apply(&entry(2, ids[0], Spraak::Se));
+        o.apply(&entry(1, ids[0], Spraak::Nn));
+        let c = o.get(ids[0]).unwrap();
+        assert_eq!((c.seq, c.spraak), (2, Spraak::Se));
+        assert_eq!(
+            std::str::from_utf8(c.segment()).unwrap(),
+            r#","spraak":"se","spraak_oppdatert":"2026-11-20T13:00:02+01""#
+        );
+        for (i, &id) in ids.iter().enumerate().skip(1).step_by(2) {
+            o.apply(&entry(10 + i as u64, id, Spraak::En));
+        }
+        let f = o.filter();
+        for (i, &id) in ids.iter().enumerate() {
+            if i == 0 || i % 2 == 1 {
+                assert!(f.may_hold(id), "a changed person is never filtered out");
+            }
+        }
+        // Unchanged persons mostly skip the map (2,500 of 2^21 bits are set).
+        let passed = ids.iter().step_by(2).skip(1).filter(|&&id| f.may_hold(id)).count();
+        assert!(passed < 25, "{passed} unchanged persons passed the filter");
     }
 }

@@ -355,6 +355,28 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
         ids.first().map_or("", String::as_str),
         ids.get(1).map_or("", String::as_str),
     );
+    if let Some(me) = ids.first() {
+        let citizen = mint(
+            &std::fs::read(paths.issuer_key())?,
+            &MintOptions {
+                scope: "krr:user/kontaktinformasjon.read krr:user/spraak.write".into(),
+                kid: Some(DEMO_KID.into()),
+                ttl: 3600,
+                pid: Some(me.clone()),
+                user: true,
+                ..MintOptions::default()
+            },
+        )?;
+        println!();
+        println!(
+            "As that first person (a citizen's token): change the language, then read it back:"
+        );
+        println!();
+        println!(
+            "curl -si -X PATCH http://{addr}/rest/v1/person -H 'Authorization: Bearer {citizen}' -H 'Content-Type: application/json' -d '{{\"spraak\":\"en\"}}'"
+        );
+        println!("curl -s http://{addr}/rest/v1/person -H 'Authorization: Bearer {citizen}'");
+    }
     println!();
     crate::http::run(listener, state.clone(), shutdown_signal()).await;
     log_journal_stats(&state);
