@@ -72,6 +72,9 @@ pub fn write_personer(
     for group in ids.chunks(PREFETCH) {
         for &id in group {
             snapshot.prefetch(id);
+            if let Some((_, filter)) = &overlay {
+                filter.prefetch(id);
+            }
         }
         let mut offsets: [Option<RecordOffset>; PREFETCH] = [None; PREFETCH];
         for (slot, &id) in offsets.iter_mut().zip(group) {

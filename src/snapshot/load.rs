@@ -312,8 +312,9 @@ pub(crate) fn map_input(file: &File) -> std::io::Result<Mmap> {
     Ok(map)
 }
 
+/// Hints the CPU to start loading the cache line at `p` (never faults, whatever `p` is).
 #[inline]
-fn prefetch_read(p: *const u8) {
+pub(crate) fn prefetch_read(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
