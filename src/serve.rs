@@ -194,11 +194,7 @@ fn log_journal_stats(state: &AppState) {
             } else {
                 records as f64 / syncs as f64
             },
-            mean_sync_us = if syncs == 0 {
-                0
-            } else {
-                s.sync_nanos.load(Relaxed) / syncs / 1000
-            },
+            mean_sync_us = s.sync_nanos.load(Relaxed).checked_div(syncs).unwrap_or(0) / 1000,
             "journal: changes written by this process"
         );
     }
