@@ -28,6 +28,8 @@
 //! - [`serve`]: `krr serve` and `krr demo`: configuration, start-up, the quick start.
 //! - [`generate`]: the deterministic synthetic register.
 //! - [`loadtest`]: `krr loadtest`, the HTTP load generator with HdrHistogram latencies.
+//! - [`reload`]: the one reload path (SIGHUP, admin, directory watcher) and the watcher.
+//! - [`metrics`]: Prometheus metrics of the admin listener.
 //!
 //! `ARCHITECTURE.md` has the invariants; `docs/format.md` the bytes of a snapshot.
 
@@ -41,8 +43,10 @@ pub mod http;
 pub mod journal;
 pub mod loadtest;
 pub mod lookup;
+pub mod metrics;
 pub mod model;
 pub mod overlay;
+pub mod reload;
 pub mod render;
 pub mod serve;
 pub mod snapshot;

@@ -21,8 +21,23 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "krr", version, about = "The KRR lookup service and its tools")]
 struct Cli {
+    /// Log format on stderr: `text` (human-readable) or `json` (one object a line).
+    #[arg(
+        long,
+        global = true,
+        env = "KRR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +113,9 @@ enum Command {
         /// Where the demo snapshot goes.
         #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
         snapshot_dir: PathBuf,
+        /// Health, metrics and reload.
+        #[arg(long, env = "KRR_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
     },
 }
 
@@ -106,6 +124,15 @@ struct ServeArgs {
     /// Public API address.
     #[arg(long, env = "KRR_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Health, metrics and reload (never expose it publicly).
+    #[arg(long, env = "KRR_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Do not watch the snapshot directory (reload with SIGHUP or POST /admin/reload only).
+    #[arg(long, env = "KRR_NO_WATCH")]
+    no_watch: bool,
+    /// Seconds requests in flight get to finish at shutdown.
+    #[arg(long, env = "KRR_SHUTDOWN_GRACE", default_value_t = 10)]
+    shutdown_grace: u64,
     /// Serves the newest valid *.krr here (by header build time).
     #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
     snapshot_dir: PathBuf,
@@ -279,6 +306,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
+    let log_format = cli.log_format;
     match cli.command {
         Command::Generate {
             count,
@@ -360,7 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Journal { command } => journal_command(command),
         Command::Loadtest(args) => loadtest(*args),
         Command::Serve(args) => {
-            init_tracing();
+            let _logs = init_tracing(log_format);
             runtime()?.block_on(krr::serve::serve(serve_config(*args)))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -393,26 +421,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             demo_dir,
             snapshot_dir,
+            admin_listen,
         } => {
-            init_tracing();
+            let _logs = init_tracing(log_format);
             let paths = krr::serve::DemoPaths {
                 dir: demo_dir,
                 snapshot_dir,
             };
-            runtime()?.block_on(krr::serve::demo(paths, listen))?;
+            runtime()?.block_on(krr::serve::demo(paths, listen, admin_listen))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr through a background writer (a slow terminal or log shipper never
+/// blocks a request); nothing is dropped (the writer applies back-pressure instead). The
+/// guard flushes on drop.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KRR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+    guard
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -575,6 +617,7 @@ fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
             max_body_bytes: a.max_body_bytes,
             header_timeout: std::time::Duration::from_secs(a.header_timeout),
             body_timeout: std::time::Duration::from_secs(a.body_timeout),
+            shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
         },
         clock_skew: std::time::Duration::from_secs(a.clock_skew),
         jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
@@ -583,6 +626,8 @@ fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
             segment_bytes: a.journal_segment_bytes,
             ..krr::journal::JournalOptions::default()
         },
+        admin_listen: Some(a.admin_listen),
+        watch: !a.no_watch,
     }
 }
 

@@ -44,6 +44,10 @@ pub struct ServeConfig {
     pub journal_dir: PathBuf,
     /// Journal writer settings.
     pub journal: JournalOptions,
+    /// Health, metrics and reload (`None`: no admin listener).
+    pub admin_listen: Option<SocketAddr>,
+    /// Reload when `*.krr` names in the snapshot directory change.
+    pub watch: bool,
 }
 
 /// A bound, ready service.
@@ -51,6 +55,8 @@ pub struct ServeConfig {
 pub struct Prepared {
     /// The public listener.
     pub listener: TcpListener,
+    /// The admin listener.
+    pub admin: Option<TcpListener>,
     /// Shared state.
     pub state: Arc<AppState>,
 }
@@ -93,12 +99,15 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     };
     let store = Arc::new(Store::empty());
     match store.load_newest(&config.snapshot_dir) {
-        Ok(Some(s)) => tracing::info!(
-            snapshot = %s.id(),
-            file = %s.path().display(),
-            persons = s.len(),
-            "snapshot loaded"
-        ),
+        Ok(Some(s)) => {
+            crate::metrics::snapshot_published(None, &s);
+            tracing::info!(
+                snapshot = %s.id(),
+                file = %s.path().display(),
+                persons = s.len(),
+                "snapshot loaded"
+            );
+        }
         Ok(None) => tracing::warn!(
             dir = %config.snapshot_dir.display(),
             "no valid snapshot yet; answering 503 until one is loaded"
@@ -113,6 +122,20 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        store.clone(),
+        config.snapshot_dir.clone(),
+        Some(config.journal_dir.clone()),
+    ));
+    let _ = crate::metrics::handle();
     let state = Arc::new(AppState {
         store,
         verifier,
@@ -120,8 +143,14 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         print_body: print,
         limits: config.limits,
         journal: Some(journal),
+        reloader: Some(reloader),
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
-    Ok(Prepared { listener, state })
+    Ok(Prepared {
+        listener,
+        admin,
+        state,
+    })
 }
 
 /// Recovers the journal, replays into the overlay what the served snapshot does not hold,
@@ -162,20 +191,120 @@ pub fn open_journal(
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let Prepared { listener, state } = prepare(&config).await?;
+    let prepared = prepare(&config).await?;
+    run_prepared(&config, prepared).await
+}
+
+/// Runs a prepared service until SIGINT or SIGTERM: the API, the admin listener, SIGHUP
+/// and the directory watcher as reload triggers; then shuts down gracefully (readiness
+/// down, stop accepting, requests in flight finish within the grace period, the journal
+/// writer drains and stops).
+pub async fn run_prepared(config: &ServeConfig, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        listener,
+        admin,
+        state,
+    } = prepared;
     let snapshot = state.store.current();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr()?,
+        admin = %admin
+            .as_ref()
+            .and_then(|a| a.local_addr().ok())
+            .map_or_else(|| "none".to_string(), |a| a.to_string()),
         snapshot = snapshot.as_ref().map(|s| s.id()).unwrap_or_else(|| "none".into()),
         persons = snapshot.as_ref().map_or(0, |s| s.len()),
+        overlay = state.store.overlay().len(),
         "krr serving"
     );
     drop(snapshot);
-    crate::http::run(listener, state.clone(), shutdown_signal()).await;
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin.map(|admin| {
+        tokio::spawn(crate::http::serve(
+            admin,
+            state.clone(),
+            crate::http::Listener::Admin,
+            async {
+                let _ = admin_stopped.await;
+            },
+        ))
+    });
+    let reloader = state.reloader.clone().expect("prepare makes a reloader");
+    #[cfg(unix)]
+    {
+        let reloader = reloader.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reloader.reload("SIGHUP").await;
+            }
+        });
+    }
+    let _watcher = if config.watch {
+        match crate::reload::watch(reloader.clone(), Duration::from_millis(200)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %config.snapshot_dir.display(), cause = %e, "cannot watch the snapshot directory; reload with SIGHUP or POST /admin/reload");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    sd_notify("READY=1");
+
+    let draining = state.clone();
+    crate::http::run(listener, state.clone(), async move {
+        shutdown_signal().await;
+        draining.begin_shutdown();
+        sd_notify("STOPPING=1");
+        tracing::info!(
+            grace_secs = draining.limits.shutdown_grace.as_secs_f64(),
+            "shutting down: readiness is down, no new connections, finishing requests in flight"
+        );
+    })
+    .await;
+    if let Some(j) = &state.journal {
+        // Every acknowledged change is durable already; this waits for the writer to answer
+        // what was queued and to stop.
+        j.close();
+    }
     log_journal_stats(&state);
-    tracing::info!("stopped accepting connections; exiting");
+    let _ = admin_stop.send(());
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("krr stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about the service's state, when started by it.
+fn sd_notify(message: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        let addr = match path.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None => SocketAddr::from_pathname(&path),
+        };
+        let sent = addr.and_then(|addr| {
+            let sock = UnixDatagram::unbound()?;
+            sock.send_to_addr(message.as_bytes(), &addr)
+        });
+        if let Err(e) = sent {
+            tracing::warn!(cause = %e, "cannot notify systemd");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = message;
 }
 
 /// Every acknowledged change is already durable; this only reports how group commit went.
@@ -257,7 +386,7 @@ pub const DEMO_KID: &str = "krr-demo";
 
 /// Creates (or reuses) the demo's register, snapshot, keys and certificates, then serves
 /// with the demo key trusted, printing a `curl` that works.
-pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.dir)?;
     std::fs::create_dir_all(&paths.snapshot_dir)?;
     if !paths.register().exists() {
@@ -315,9 +444,12 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
         jwks_refresh: Duration::from_secs(300),
         journal_dir: paths.dir.join("journal"),
         journal: JournalOptions::default(),
+        admin_listen: Some(admin),
+        watch: true,
     };
-    let Prepared { listener, state } = prepare(&config).await?;
-    let addr = listener.local_addr()?;
+    let prepared = prepare(&config).await?;
+    let addr = prepared.listener.local_addr()?;
+    let state = prepared.state.clone();
     let token = mint(
         &std::fs::read(paths.issuer_key())?,
         &MintOptions {
@@ -374,9 +506,12 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr) -> anyhow::Result<()> {
         println!("curl -s http://{addr}/rest/v1/person -H 'Authorization: Bearer {citizen}'");
     }
     println!();
-    crate::http::run(listener, state.clone(), shutdown_signal()).await;
-    log_journal_stats(&state);
-    Ok(())
+    println!(
+        "Health, metrics and reload: http://{admin}/health/readiness, /metrics, POST /admin/reload"
+    );
+    println!();
+    drop(state);
+    run_prepared(&config, prepared).await
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -45,6 +45,11 @@ impl ApiError {
 
     /// 401 or (for a missing token) 401 with the bare challenge.
     pub fn unauthorized(e: &AuthError) -> ApiError {
+        let reason: &'static str = match e {
+            AuthError::Missing => "missing bearer token",
+            AuthError::Invalid(why) => why,
+        };
+        metrics::counter!(crate::metrics::TOKEN_REJECTIONS, "reason" => reason).increment(1);
         let mut err = ApiError::new(StatusCode::UNAUTHORIZED, e.to_string());
         err.www_authenticate = Some(match e {
             AuthError::Missing => r#"Bearer realm="krr""#.to_string(),

@@ -9,6 +9,7 @@
 //! slot), request headers within `header_timeout`, the body within `body_timeout` and at
 //! most `max_body_bytes`.
 
+pub mod admin;
 pub mod error;
 pub mod jose;
 pub mod routes;
@@ -50,6 +51,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed for a request's body.
     pub body_timeout: Duration,
+    /// At shutdown, time allowed for requests in flight to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +82,35 @@ pub struct AppState {
     pub limits: Limits,
     /// Where PATCHes are made durable (`None`: the service takes no changes, PATCH is 503).
     pub journal: Option<crate::journal::Journal>,
+    /// The reload path (admin `POST /admin/reload`, SIGHUP, the watcher).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// Set at the first moment of shutdown: readiness answers 503 from then on.
+    pub shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    /// Ready: a snapshot is loaded and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        !self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.store.current().is_some()
+    }
+
+    /// Marks the start of shutdown (readiness goes down at once).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The public API.
+    Api,
+    /// Health, metrics, reload.
+    Admin,
 }
 
 /// The `printSertifikat` answer for a provider and its certificate (PEM).
@@ -98,9 +131,21 @@ pub fn print_body(orgnr: &str, cert_pem: &str) -> Result<Bytes, String> {
     Ok(Bytes::from(out))
 }
 
-/// Serves `listener` until `shutdown` resolves; then stops accepting and returns.
+/// Serves the public API on `listener` until `shutdown` resolves; then stops accepting,
+/// lets requests in flight finish (at most `limits.shutdown_grace`) and returns.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    serve(listener, state, Listener::Api, shutdown).await;
+}
+
+/// Serves `which` routes on `listener`; see [`run`].
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    which: Listener,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -125,22 +170,39 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let header_timeout = state.limits.header_timeout;
         let state = state.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            async move {
+                Ok::<_, Infallible>(match which {
+                    Listener::Api => routes::handle(state, req).await,
+                    Listener::Admin => admin::handle(state, req).await,
+                })
+            }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let header_timeout = state.limits.header_timeout;
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(cause = %e, "connection ended with an error");
             }
             drop(permit);
         });
+    }
+    drop(listener);
+    // Keep-alive connections are closed after their current request; requests in flight
+    // get the grace period to finish.
+    let grace = state.limits.shutdown_grace;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "shutdown grace period over; connections still open are cut"
+        ),
     }
 }

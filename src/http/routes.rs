@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use simd_json::prelude::*;
+use tracing::Instrument;
 
 use crate::auth::scopes::{GLOBAL_HINT, SPRAAK_WRITE, USER_HINT};
 use crate::fnr::PersonId;
@@ -23,43 +24,134 @@ pub const MAX_IDS: usize = 1000;
 
 type Resp = Response<Full<Bytes>>;
 
-/// Answers one request.
+/// The fixed route label of a path (metrics and logs never carry anything a client chose).
+fn route_label(route: &str) -> &'static str {
+    match route {
+        "/rest/v1/personer" => "/rest/v1/personer",
+        "/rest/v2/personer" => "/rest/v2/personer",
+        "/rest/v1/person" => "/rest/v1/person",
+        "/rest/v2/person" => "/rest/v2/person",
+        "/rest/v1/printSertifikat" => "/rest/v1/printSertifikat",
+        "/rest/v2/printSertifikat" => "/rest/v2/printSertifikat",
+        "/openapi.json" => "/openapi.json",
+        _ => "other",
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Answers one request, inside a `request` span that carries the route, the method and,
+/// once the token is verified, the consumer's organisation number (audit); counts it and
+/// writes one access line (target `krr::access`) with the status and persons returned.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
     let route = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(&path);
-    let result = match route {
-        "/rest/v1/personer" | "/rest/v2/personer" => {
-            if req.method() == Method::POST {
-                personer(&state, req, route == "/rest/v2/personer").await
-            } else {
-                Err(ApiError::method_not_allowed("POST"))
+    let label = route_label(route);
+    let method = method_label(req.method());
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = label,
+        consumer = tracing::field::Empty,
+        persons = tracing::field::Empty,
+    );
+    let result = async {
+        match route {
+            "/rest/v1/personer" | "/rest/v2/personer" => {
+                if req.method() == Method::POST {
+                    personer(&state, req, route == "/rest/v2/personer").await
+                } else {
+                    Err(ApiError::method_not_allowed("POST"))
+                }
             }
-        }
-        "/rest/v1/person" => match *req.method() {
-            Method::GET => person(&state, &req).await,
-            Method::PATCH => patch_person(&state, req).await,
-            _ => Err(ApiError::method_not_allowed("GET, PATCH")),
-        },
-        "/rest/v2/person" => {
-            if req.method() == Method::GET {
-                person(&state, &req).await
-            } else {
-                Err(ApiError::method_not_allowed("GET"))
+            "/rest/v1/person" => match *req.method() {
+                Method::GET => person(&state, &req).await,
+                Method::PATCH => patch_person(&state, req).await,
+                _ => Err(ApiError::method_not_allowed("GET, PATCH")),
+            },
+            "/rest/v2/person" => {
+                if req.method() == Method::GET {
+                    person(&state, &req).await
+                } else {
+                    Err(ApiError::method_not_allowed("GET"))
+                }
             }
-        }
-        "/rest/v1/printSertifikat" | "/rest/v2/printSertifikat" => {
-            if req.method() == Method::GET {
-                print_sertifikat(&state, &req)
-            } else {
-                Err(ApiError::method_not_allowed("GET"))
+            "/rest/v1/printSertifikat" | "/rest/v2/printSertifikat" => {
+                if req.method() == Method::GET {
+                    print_sertifikat(&state, &req)
+                } else {
+                    Err(ApiError::method_not_allowed("GET"))
+                }
             }
+            "/openapi.json" => {
+                if req.method() == Method::GET {
+                    Ok(openapi())
+                } else {
+                    Err(ApiError::method_not_allowed("GET"))
+                }
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
-    };
-    result.unwrap_or_else(|e| e.into_response(&path))
+    }
+    .instrument(span.clone())
+    .await;
+    let resp = result.unwrap_or_else(|e| e.into_response(&path));
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!(
+        crate::metrics::HTTP_REQUESTS,
+        "route" => label,
+        "method" => method,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => label)
+        .record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            target: "krr::access",
+            status,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    });
+    resp
+}
+
+/// The OpenAPI 3.1 document of the public API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+fn openapi() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Notes the verified caller on the request span (the consumer's organisation number).
+/// Only a 9-digit organisation number is recorded: the claim is the issuer's text, and a
+/// malformed one could be anything (a personal number included).
+fn audit(principal: &crate::auth::Principal) {
+    if let Some(c) = &principal.consumer {
+        let orgnr = c.len() == 9 && c.bytes().all(|b| b.is_ascii_digit());
+        tracing::Span::current()
+            .record("consumer", if orgnr { c.as_str() } else { "unrecognised" });
+    }
 }
 
 /// Chooses JSON or JOSE from `Accept`; `Err` (406) when neither is acceptable.
@@ -213,6 +305,7 @@ async fn personer(state: &AppState, req: Request<Incoming>, v2: bool) -> Result<
         .verify_header(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
         .await
         .map_err(|e| ApiError::unauthorized(&e))?;
+    audit(&principal);
     let groups = principal.grants.global.ok_or_else(|| {
         ApiError::insufficient_scope(GLOBAL_HINT, "the token has no scope for looking up persons")
     })?;
@@ -242,13 +335,21 @@ async fn personer(state: &AppState, req: Request<Incoming>, v2: bool) -> Result<
     };
     // One buffer sized for the batch up front (about 1 KB a person with a certificate).
     let mut out = Vec::with_capacity(request.ids.len() * 1024 + 32);
-    write_personer(
+    let stats = write_personer(
         snapshot,
         state.store.overlay(),
         &request.ids,
         opts,
         &mut out,
     );
+    let returned = stats.found
+        + if opts.include_not_registered {
+            stats.not_registered
+        } else {
+            0
+        };
+    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(returned as u64);
+    tracing::Span::current().record("persons", returned);
     Ok(answer(state, format, out))
 }
 
@@ -258,6 +359,7 @@ async fn person(state: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiEr
         .verify_header(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
         .await
         .map_err(|e| ApiError::unauthorized(&e))?;
+    audit(&principal);
     let groups = principal.grants.user.ok_or_else(|| {
         ApiError::insufficient_scope(USER_HINT, "the token has no scope for reading the person")
     })?;
@@ -274,6 +376,8 @@ async fn person(state: &AppState, req: &Request<Incoming>) -> Result<Resp, ApiEr
             "the person is not registered",
         ));
     }
+    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(1);
+    tracing::Span::current().record("persons", 1);
     Ok(answer(state, format, out))
 }
 
@@ -306,6 +410,7 @@ async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Resp, 
         .verify_header(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
         .await
         .map_err(|e| ApiError::unauthorized(&e))?;
+    audit(&principal);
     let hint = SPRAAK_WRITE[0];
     if !principal.grants.spraak_write {
         return Err(ApiError::insufficient_scope(

@@ -336,8 +336,8 @@ struct Request {
 /// thread finish what is queued and stop.
 #[derive(Debug)]
 pub struct Journal {
-    tx: Option<mpsc::Sender<Request>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    tx: std::sync::Mutex<Option<mpsc::Sender<Request>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<JournalStats>,
     dir: PathBuf,
 }
@@ -427,8 +427,8 @@ impl Journal {
             .map_err(io_err(dir))?;
         Ok((
             Journal {
-                tx: Some(tx),
-                thread: Some(thread),
+                tx: std::sync::Mutex::new(Some(tx)),
+                thread: std::sync::Mutex::new(Some(thread)),
                 stats,
                 dir: dir.to_owned(),
             },
@@ -440,6 +440,8 @@ impl Journal {
     pub async fn append(&self, change: Change) -> Result<Entry, JournalError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .ok_or(JournalError::Closed)?
             .send(Request { change, reply })
@@ -457,14 +459,12 @@ impl Journal {
         &self.dir
     }
 
-    /// Stops taking changes, lets the writer make everything queued durable, and waits.
-    pub fn close(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
+    /// Stops taking changes (later appends fail with [`JournalError::Closed`]), lets the
+    /// writer make everything queued durable and answer it, and waits for it to end.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -472,7 +472,7 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        self.stop();
+        self.close();
     }
 }
 
@@ -547,6 +547,8 @@ impl Writer {
                 fatal("fdatasync", &self.path, &e);
             }
             let took = started.elapsed();
+            metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS).record(took.as_secs_f64());
+            metrics::counter!(crate::metrics::JOURNAL_RECORDS).increment(entries.len() as u64);
             self.len += buf.len() as u64;
             let last = entries.last().expect("a batch is never empty").seq;
             self.stats.last_seq.store(last, Ordering::Release);

@@ -31,11 +31,14 @@ pub fn fixture(p: &str) -> PathBuf {
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub register: Vec<Value>,
     pub state: Arc<AppState>,
     pub dir: Arc<tempfile::TempDir>,
     stop: tokio::sync::oneshot::Sender<()>,
     running: tokio::task::JoinHandle<()>,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    admin_running: tokio::task::JoinHandle<()>,
 }
 
 pub struct Options {
@@ -99,20 +102,40 @@ pub async fn start(opts: Options) -> Server {
         jwks_refresh: Duration::from_secs(300),
         journal_dir: dir.path().join("journal"),
         journal: JournalOptions::default(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        watch: false,
     };
-    let Prepared { listener, state } = prepare(&config).await.unwrap();
+    let Prepared {
+        listener,
+        admin,
+        state,
+    } = prepare(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin = admin.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_running = tokio::spawn(krr::http::serve(
+        admin,
+        state.clone(),
+        krr::http::Listener::Admin,
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(krr::http::run(listener, state.clone(), async {
         let _ = stopped.await;
     }));
     Server {
         addr,
+        admin: admin_addr,
         register,
         state,
         dir,
         stop,
         running,
+        admin_stop,
+        admin_running,
     }
 }
 
@@ -122,6 +145,8 @@ impl Server {
     pub async fn stop(self) -> Arc<tempfile::TempDir> {
         let _ = self.stop.send(());
         self.running.await.unwrap();
+        let _ = self.admin_stop.send(());
+        self.admin_running.await.unwrap();
         let mut state = self.state;
         // Connection tasks still hold the state until their clients have hung up.
         for _ in 0..500 {

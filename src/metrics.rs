@@ -1,0 +1,143 @@
+//! Prometheus metrics, rendered on the admin listener's `/metrics`.
+//!
+//! The `metrics` crate's macros record from anywhere (request path, journal thread, reload
+//! task) into one process-wide recorder from `metrics-exporter-prometheus`; the admin route
+//! renders it as text. No label ever holds a personal number: routes are the fixed API
+//! paths, token rejections are the fixed reason texts, and the snapshot is named by its
+//! content checksum.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::Store;
+
+/// Requests by `route`, `method` and `status`.
+pub const HTTP_REQUESTS: &str = "krr_http_requests_total";
+/// Request latency by `route`.
+pub const HTTP_DURATION: &str = "krr_http_request_duration_seconds";
+/// Persons returned by `/personer` and `/person`.
+pub const PERSONS_RETURNED: &str = "krr_persons_returned_total";
+/// Token rejections by `reason`.
+pub const TOKEN_REJECTIONS: &str = "krr_token_rejections_total";
+/// Reloads by `result` (`swapped`, `unchanged`, `failed`).
+pub const RELOADS: &str = "krr_reloads_total";
+/// Snapshot files refused (checksum, layout, unreadable…).
+pub const SNAPSHOT_REFUSALS: &str = "krr_snapshot_refusals_total";
+/// 1, labelled with the served snapshot's `id`.
+pub const SNAPSHOT_INFO: &str = "krr_snapshot_info";
+/// Served snapshot's build time, Unix seconds.
+pub const SNAPSHOT_BUILD_TIME: &str = "krr_snapshot_build_time_seconds";
+/// Seconds since the served snapshot was built.
+pub const SNAPSHOT_AGE: &str = "krr_snapshot_age_seconds";
+/// Persons in the served snapshot.
+pub const SNAPSHOT_RECORDS: &str = "krr_snapshot_records";
+/// Served snapshot's folded journal sequence number.
+pub const SNAPSHOT_JOURNAL_SEQ: &str = "krr_snapshot_journal_seq";
+/// Last durable journal sequence number.
+pub const JOURNAL_SEQ: &str = "krr_journal_seq";
+/// `fdatasync` latency of the journal (one per group commit).
+pub const JOURNAL_FSYNC_SECONDS: &str = "krr_journal_fsync_seconds";
+/// Changes acknowledged per sync, in all.
+pub const JOURNAL_RECORDS: &str = "krr_journal_records_total";
+/// Changed persons held in the overlay.
+pub const OVERLAY_ENTRIES: &str = "krr_overlay_entries";
+/// 1 while the service is ready.
+pub const READY: &str = "krr_ready";
+
+/// The process-wide recorder (installed on first use; later calls share it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let fsync = [
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &latency)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(JOURNAL_FSYNC_SECONDS.into()), &fsync)
+            })
+            .expect("bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); then this one only
+        // renders what is recorded through it, which is nothing, and tests see that.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle.clone()
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route"
+    );
+    describe_counter!(PERSONS_RETURNED, "persons returned by lookups");
+    describe_counter!(TOKEN_REJECTIONS, "access tokens refused, by reason");
+    describe_counter!(RELOADS, "snapshot reloads by result");
+    describe_counter!(SNAPSHOT_REFUSALS, "snapshot files refused");
+    describe_gauge!(SNAPSHOT_INFO, "the served snapshot (id label)");
+    describe_gauge!(
+        SNAPSHOT_BUILD_TIME,
+        Unit::Seconds,
+        "served snapshot build time, Unix seconds"
+    );
+    describe_gauge!(
+        SNAPSHOT_AGE,
+        Unit::Seconds,
+        "seconds since the served snapshot was built"
+    );
+    describe_gauge!(SNAPSHOT_RECORDS, "persons in the served snapshot");
+    describe_gauge!(
+        SNAPSHOT_JOURNAL_SEQ,
+        "journal sequence number folded into the served snapshot"
+    );
+    describe_gauge!(JOURNAL_SEQ, "last durable journal sequence number");
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "journal fdatasync latency"
+    );
+    describe_counter!(JOURNAL_RECORDS, "changes made durable by the journal");
+    describe_gauge!(OVERLAY_ENTRIES, "changed persons not yet in a snapshot");
+    describe_gauge!(READY, "1 while the service is ready to answer");
+}
+
+/// Records the served snapshot's gauges (called after every swap).
+pub fn snapshot_published(old: Option<&str>, snapshot: &crate::snapshot::Snapshot) {
+    if let Some(old) = old {
+        metrics::gauge!(SNAPSHOT_INFO, "id" => old.to_string()).set(0.0);
+    }
+    let h = snapshot.header();
+    metrics::gauge!(SNAPSHOT_INFO, "id" => snapshot.id()).set(1.0);
+    metrics::gauge!(SNAPSHOT_BUILD_TIME).set(h.build_time.0 as f64);
+    metrics::gauge!(SNAPSHOT_RECORDS).set(h.counts.records as f64);
+    metrics::gauge!(SNAPSHOT_JOURNAL_SEQ).set(h.journal_seq as f64);
+}
+
+/// The text of `/metrics`, with the gauges that are read at scrape time brought up to date.
+pub fn render(store: &Store, journal: Option<&crate::journal::Journal>, ready: bool) -> String {
+    let handle = handle();
+    if let Some(s) = store.current().as_ref() {
+        let age = crate::time::Timestamp::now().0 - s.header().build_time.0;
+        metrics::gauge!(SNAPSHOT_AGE).set(age as f64);
+    }
+    metrics::gauge!(OVERLAY_ENTRIES).set(store.overlay().len() as f64);
+    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+    if let Some(j) = journal {
+        let s = j.stats();
+        metrics::gauge!(JOURNAL_SEQ)
+            .set(s.last_seq.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    }
+    handle.render()
+}
