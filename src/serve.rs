@@ -97,6 +97,8 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         }
         None => None,
     };
+    // Install the metrics recorder before anything records (the first snapshot's gauges).
+    let _ = crate::metrics::handle();
     let store = Arc::new(Store::empty());
     match store.load_newest(&config.snapshot_dir) {
         Ok(Some(s)) => {
@@ -135,7 +137,6 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         config.snapshot_dir.clone(),
         Some(config.journal_dir.clone()),
     ));
-    let _ = crate::metrics::handle();
     let state = Arc::new(AppState {
         store,
         verifier,

@@ -83,7 +83,12 @@ pub fn candidates(
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "krr") {
+        // Dot-files are a publisher's work in progress (`.name.krr` before its rename).
+        if path.extension().is_none_or(|e| e != "krr")
+            || path
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
             continue;
         }
         let header = std::fs::File::open(&path).and_then(|f| {
@@ -93,8 +98,14 @@ pub fn candidates(
         });
         match header.map(|h| crate::snapshot::Header::decode(&h)) {
             Ok(Ok(h)) => out.push((path, h)),
-            Ok(Err(e)) => tracing::warn!(file = %path.display(), cause = %e, "snapshot refused"),
-            Err(e) => tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable"),
+            Ok(Err(e)) => {
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot refused")
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable")
+            }
         }
     }
     out.sort_by(|a, b| {

@@ -35,6 +35,9 @@ fn serve(dir: &Path) -> Running {
             "127.0.0.1:0",
             "--issuer",
             "https://maskinporten.no/",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--no-watch",
         ])
         .arg("--snapshot-dir")
         .arg(dir.join("snapshots"))
@@ -42,17 +45,20 @@ fn serve(dir: &Path) -> Running {
         .arg(dir.join("journal"))
         .arg("--jwks-file")
         .arg(fixture("keys/jwks.json"))
-        .env("KRR_LOG", "info")
+        .env("KRR_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut log = common::log_file("serve");
     std::thread::spawn(move || {
+        use std::io::Write;
         let mut sent = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
             if !sent && line.contains("krr serving") {
                 let addr = line
                     .split_whitespace()

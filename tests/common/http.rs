@@ -63,6 +63,7 @@ impl Default for Options {
 }
 
 pub async fn start(opts: Options) -> Server {
+    super::init_logs();
     let (dir, fresh) = match opts.reuse {
         Some(dir) => (dir, false),
         None => (Arc::new(tempfile::tempdir().unwrap()), true),
@@ -295,4 +296,56 @@ pub fn check_error(a: &Answer, status: u16, message: &str) {
     assert_eq!(v["message"], message);
     assert!(v["path"].is_string());
     assert_eq!(a.header("content-type"), "application/json");
+}
+
+pub async fn admin(s: &Server, method: Method, path: &str) -> Answer {
+    call(s.admin, method, path, &[], Vec::<u8>::new()).await
+}
+
+pub async fn reload(s: &Server) -> Value {
+    let a = admin(s, Method::POST, "/admin/reload").await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()
+}
+
+pub fn served_id(s: &Server) -> Option<String> {
+    s.state.store.current().as_ref().map(|x| x.id())
+}
+
+/// The value of a metric line `name{labels} value` (labels as written, `""` for none).
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// True when `text` holds a personal number's shape: a run of exactly 11 digits that is
+/// not the fraction of a decimal number (metric values and durations have long fractions).
+pub fn has_personal_number(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - start == 11 && (start == 0 || b[start - 1] != b'.') {
+            return true;
+        }
+    }
+    false
 }

@@ -61,6 +61,31 @@ pub fn source_values(jsonl: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A new file in `target/tmp/test-logs/` for the logs of this test binary (or of a server
+/// it runs). CI scans the directory after the whole test run for 11-digit numbers
+/// (`tools/scan-logs`): no personal number may appear in any log, at any level.
+pub fn log_file(name: &str) -> std::fs::File {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.file_stem().unwrap().to_string_lossy();
+    let exe = exe.split('-').next().unwrap_or("test").to_string();
+    std::fs::File::create(dir.join(format!("{exe}-{name}-{}.log", std::process::id()))).unwrap()
+}
+
+/// Sends this process's logs (krr at trace level) to a [`log_file`]; once per process.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let file = log_file("in-process");
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("krr=trace,info"))
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
 /// Object keys in order.
 pub fn keys(v: &serde_json::Value) -> Vec<String> {
     v.as_object().unwrap().keys().cloned().collect()

@@ -1,0 +1,107 @@
+//! Metrics: present, changing, and free of personal numbers. Its own test binary, so the
+//! process-wide recorder holds only what this test did and the values can be exact.
+
+mod common;
+
+use hyper::{Method, StatusCode};
+
+use common::http::*;
+use krr::auth::mint::MintOptions;
+
+#[tokio::test]
+async fn metrics_are_present_and_change() {
+    let s = start(Options::default()).await;
+    let scrape =
+        || async { String::from_utf8(admin(&s, Method::GET, "/metrics").await.body).unwrap() };
+    let before = scrape().await;
+    let ids: Vec<&str> = s.register.iter().take(3).map(id).collect();
+    let a = post(
+        &s,
+        "/rest/v1/personer",
+        &scoped(ALL_SCOPES),
+        &ids_body(&ids),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = post(&s, "/rest/v1/personer", "not-a-token", &ids_body(&ids)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // A citizen's PATCH goes through the journal (fsync histogram, sequence number, overlay).
+    let me = s
+        .register
+        .iter()
+        .find(|v| v["status"] == "AKTIV")
+        .map(id)
+        .unwrap();
+    let citizen = token(MintOptions {
+        scope: "krr:user/spraak.write".into(),
+        pid: Some(me.into()),
+        user: true,
+        ..Default::default()
+    });
+    let auth = format!("Bearer {citizen}");
+    let a = call(
+        s.addr,
+        Method::PATCH,
+        "/rest/v1/person",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"spraak":"se"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    reload(&s).await;
+    let after = scrape().await;
+
+    let ok = r#"route="/rest/v1/personer",method="POST",status="200""#;
+    let n = |t: &str, name: &str, labels: &str| metric(t, name, labels).unwrap_or(0.0);
+    assert!(
+        n(&after, "krr_http_requests_total", ok) >= n(&before, "krr_http_requests_total", ok) + 1.0,
+        "{after}"
+    );
+    assert!(
+        n(&after, "krr_persons_returned_total", "")
+            >= n(&before, "krr_persons_returned_total", "") + 3.0
+    );
+    assert!(
+        n(&after, "krr_reloads_total", r#"result="unchanged""#)
+            >= n(&before, "krr_reloads_total", r#"result="unchanged""#) + 1.0
+    );
+    assert!(
+        after.contains("krr_token_rejections_total{reason="),
+        "{after}"
+    );
+    assert!(n(&after, "krr_journal_seq", "") >= 1.0);
+    assert!(n(&after, "krr_overlay_entries", "") >= 1.0);
+    assert_eq!(n(&after, "krr_ready", ""), 1.0);
+    let snapshot = served_id(&s).unwrap();
+    assert_eq!(
+        metric(&after, "krr_snapshot_info", &format!(r#"id="{snapshot}""#)),
+        Some(1.0)
+    );
+    for name in [
+        "krr_http_request_duration_seconds_bucket",
+        "krr_http_request_duration_seconds_count",
+        "krr_journal_fsync_seconds_bucket",
+        "krr_journal_records_total",
+        "krr_snapshot_build_time_seconds",
+        "krr_snapshot_age_seconds",
+        "krr_snapshot_records",
+        "krr_snapshot_journal_seq",
+        "# TYPE krr_http_requests_total counter",
+        "# TYPE krr_http_request_duration_seconds histogram",
+    ] {
+        assert!(after.contains(name), "{name} missing:\n{after}");
+    }
+    assert_eq!(
+        metric(&after, "krr_snapshot_records", ""),
+        Some(s.register.len() as f64)
+    );
+    // No label or value anywhere holds an 11-digit run.
+    assert!(
+        !has_personal_number(&after),
+        "an 11-digit number in /metrics"
+    );
+    s.stop().await;
+}
