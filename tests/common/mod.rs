@@ -70,7 +70,10 @@ pub fn log_file(name: &str) -> std::fs::File {
     let exe = std::env::current_exe().unwrap();
     let exe = exe.file_stem().unwrap().to_string_lossy();
     let exe = exe.split('-').next().unwrap_or("test").to_string();
-    std::fs::File::create(dir.join(format!("{exe}-{name}-{}.log", std::process::id()))).unwrap()
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    std::fs::File::create(dir.join(format!("{exe}-{name}-{pid}-{n}.log"))).unwrap()
 }
 
 /// Sends this process's logs (krr at trace level) to a [`log_file`]; once per process.
