@@ -423,7 +423,7 @@ async fn real_answers_validate_against_the_openapi_document() {
     let json_ct = ("Content-Type", "application/json");
     let mut body_v1 = ids.clone();
     body_v1.push("20914695016");
-    let cases: Vec<(&str, Method, &str, Vec<(&str, &str)>, String)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "all groups",
             Method::POST,
@@ -547,6 +547,9 @@ async fn real_answers_validate_against_the_openapi_document() {
     assert!(checked >= 13);
     s.stop().await;
 }
+
+/// What a case is called, its method, path, headers and body.
+type Case<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, String);
 
 /// Checks `a` against the document's schema for `path`, `method` and its status.
 fn validate(doc: &Value, what: &str, path: &str, method: &Method, a: &Answer) {

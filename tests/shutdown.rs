@@ -17,6 +17,9 @@ use serde_json::Value;
 use common::http::*;
 use krr::auth::mint::MintOptions;
 
+/// A request's method, path, headers and body, and the status it must get.
+type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, String, u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_no_log_line_holds_a_personal_number() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +127,7 @@ async fn sigterm_drains_and_no_log_line_holds_a_personal_number() {
     );
     let by_path = format!("/rest/v1/person/{aktiv}");
     let by_query = format!("/rest/v1/person?personidentifikator={aktiv}");
-    let requests: Vec<(Method, &str, Vec<(&str, &str)>, String, u16)> = vec![
+    let requests: Vec<Case> = vec![
         (
             Method::POST,
             "/rest/v1/personer",
