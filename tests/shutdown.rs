@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
@@ -29,67 +28,18 @@ async fn sigterm_drains_and_no_log_line_holds_a_personal_number() {
     std::fs::rename(&krr, snapshots.join("reg.krr")).unwrap();
     let register = common::source_values(&jsonl);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_krr"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--issuer",
-            "https://maskinporten.no/",
-            "--log-format",
-            "json",
-        ])
-        .args(["--shutdown-grace", "10", "--no-watch"])
-        .arg("--snapshot-dir")
-        .arg(&snapshots)
-        .arg("--journal-dir")
-        .arg(dir.path().join("journal"))
-        .arg("--jwks-file")
-        .arg(fixture("keys/jwks.json"))
-        .env("KRR_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let stderr = child.stderr.take().unwrap();
-        let lines = lines.clone();
-        let mut log = common::log_file("serve-json");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("a log line is not JSON ({e})"));
-                if v["fields"]["message"] == "krr serving" {
-                    let addr = |k: &str| {
-                        v["fields"][k]
-                            .as_str()
-                            .unwrap()
-                            .parse::<SocketAddr>()
-                            .unwrap()
-                    };
-                    let _ = tx.send((addr("listen"), addr("admin"), v.clone()));
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let mut stdout = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let (api, admin, startup) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server started");
+    let Binary {
+        mut child,
+        api,
+        admin,
+        startup,
+        lines,
+        stdout,
+    } = spawn_serve(
+        dir.path(),
+        &["--shutdown-grace", "10", "--no-watch"],
+        "trace",
+    );
     // The start-up line: version, snapshot id, record count, addresses.
     for k in ["version", "snapshot", "persons", "listen", "admin"] {
         assert!(!startup["fields"][k].is_null(), "start-up line lacks {k}");

@@ -349,3 +349,80 @@ pub fn has_personal_number(text: &str) -> bool {
     }
     false
 }
+
+/// The real `krr serve` binary, logging JSON (kept in [`super::log_file`]).
+pub struct Binary {
+    pub child: std::process::Child,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    /// The `krr serving` start-up line.
+    pub startup: Value,
+    /// Every log line so far.
+    pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+    /// All of stdout, once the process has ended.
+    pub stdout: std::thread::JoinHandle<String>,
+}
+
+/// Starts `krr serve` on `dir/snapshots` and `dir/journal` with the fixture keys, both
+/// listeners on free ports, JSON logs at `level`, and `extra` flags; waits for it to serve.
+pub fn spawn_serve(dir: &Path, extra: &[&str], level: &str) -> Binary {
+    use std::io::{BufRead, Read, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_krr"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--issuer", "https://maskinporten.no/"])
+        .args(["--log-format", "json"])
+        .args(extra)
+        .arg("--snapshot-dir")
+        .arg(dir.join("snapshots"))
+        .arg("--journal-dir")
+        .arg(dir.join("journal"))
+        .arg("--jwks-file")
+        .arg(fixture("keys/jwks.json"))
+        .env("KRR_LOG", level)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let kept = lines.clone();
+    let mut log = super::log_file("serve-json");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("a log line is not JSON ({e})"));
+            if v["fields"]["message"] == "krr serving" {
+                let _ = tx.send(v.clone());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    let mut out = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let startup = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server started");
+    let addr = |k: &str| {
+        startup["fields"][k]
+            .as_str()
+            .unwrap()
+            .parse::<SocketAddr>()
+            .unwrap()
+    };
+    Binary {
+        api: addr("listen"),
+        admin: addr("admin"),
+        child,
+        startup,
+        lines,
+        stdout,
+    }
+}
