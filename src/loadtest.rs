@@ -58,6 +58,20 @@ pub struct LoadOptions {
     pub user_tokens: Arc<Vec<(PersonId, String)>>,
     /// Seed of the draws.
     pub seed: u64,
+    /// Keep every lookup's send time and latency ([`LoadReport::timeline`]).
+    pub timeline: bool,
+}
+
+/// One lookup of a timeline: when it was sent (Unix time, microseconds), how long its
+/// answer took (microseconds), and whether it was right.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Send time, microseconds since the Unix epoch.
+    pub sent_unix_us: u64,
+    /// Latency, microseconds.
+    pub latency_us: u64,
+    /// Status 200 with the right count.
+    pub ok: bool,
 }
 
 /// Latency and counts of one kind of request.
@@ -108,6 +122,8 @@ pub struct LoadReport {
     pub patches: KindReport,
     /// Failures by kind (`status 503`, `count 999 != 1000`, `connection`…).
     pub errors: BTreeMap<String, u64>,
+    /// Every lookup, when asked for ([`LoadOptions::timeline`]), in no particular order.
+    pub timeline: Vec<Sample>,
 }
 
 impl LoadReport {
@@ -198,6 +214,10 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     );
     let opts = Arc::new(opts);
     let started = Instant::now();
+    let epoch_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
     let deadline = started + opts.duration;
     let budget = Arc::new(std::sync::atomic::AtomicU64::new(
         opts.requests.unwrap_or(u64::MAX),
@@ -207,7 +227,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         let opts = opts.clone();
         let budget = budget.clone();
         tasks.push(tokio::spawn(async move {
-            connection(&opts, c as u64, deadline, &budget).await
+            connection(&opts, c as u64, (started, epoch_us), deadline, &budget).await
         }));
     }
     let mut report = LoadReport {
@@ -216,6 +236,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         persons: 0,
         patches: KindReport::new(),
         errors: BTreeMap::new(),
+        timeline: Vec::new(),
     };
     for t in tasks {
         let r = t.await?;
@@ -225,6 +246,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         for (k, n) in r.errors {
             *report.errors.entry(k).or_default() += n;
         }
+        report.timeline.extend(r.timeline);
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -233,6 +255,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
 async fn connection(
     opts: &LoadOptions,
     n: u64,
+    (started, epoch_us): (Instant, u64),
     deadline: Instant,
     budget: &std::sync::atomic::AtomicU64,
 ) -> LoadReport {
@@ -243,6 +266,7 @@ async fn connection(
         persons: 0,
         patches: KindReport::new(),
         errors: BTreeMap::new(),
+        timeline: Vec::new(),
     };
     let fail = |report: &mut LoadReport, kind: String| {
         *report.errors.entry(kind).or_default() += 1;
@@ -329,6 +353,7 @@ async fn connection(
         }
         .await;
         let micros = sent.elapsed().as_micros() as u64;
+        let failures = report.error_count();
         match answer {
             Err(e) => {
                 fail(&mut report, format!("connection: {e}"));
@@ -344,22 +369,27 @@ async fn connection(
                 drop(bytes);
             }
             Ok((status, bytes)) => {
+                let count = memchr::memmem::find_iter(&bytes, b"\"personidentifikator\"").count();
                 if status != StatusCode::OK {
                     fail(&mut report, format!("personer status {}", status.as_u16()));
-                    continue;
-                }
-                let count = memchr::memmem::find_iter(&bytes, b"\"personidentifikator\"").count();
-                if count != opts.batch {
+                } else if count != opts.batch {
                     fail(
                         &mut report,
                         format!("personer answer holds {count} persons, not {}", opts.batch),
                     );
-                    continue;
+                } else {
+                    report.personer.ok += 1;
+                    report.persons += count as u64;
+                    let _ = report.personer.latency.record(micros.max(1));
                 }
-                report.personer.ok += 1;
-                report.persons += count as u64;
-                let _ = report.personer.latency.record(micros.max(1));
             }
+        }
+        if opts.timeline && !patch {
+            report.timeline.push(Sample {
+                sent_unix_us: epoch_us + sent.duration_since(started).as_micros() as u64,
+                latency_us: micros,
+                ok: report.error_count() == failures,
+            });
         }
     }
     report

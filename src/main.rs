@@ -237,6 +237,10 @@ struct LoadtestArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Write every lookup as a CSV line `sent_unix_us,latency_us,ok` to this file (to see
+    /// latency over time, e.g. around a snapshot swap).
+    #[arg(long)]
+    timeline: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -516,8 +520,25 @@ fn loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
         machine_token,
         user_tokens: std::sync::Arc::new(user_tokens),
         seed: a.seed,
+        timeline: a.timeline.is_some(),
     };
     let report = runtime()?.block_on(krr::loadtest::run(opts.clone()))?;
+    if let Some(path) = &a.timeline {
+        let mut samples = report.timeline.clone();
+        samples.sort_unstable_by_key(|s| s.sent_unix_us);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(out, "sent_unix_us,latency_us,ok")?;
+        for s in &samples {
+            writeln!(
+                out,
+                "{},{},{}",
+                s.sent_unix_us,
+                s.latency_us,
+                u8::from(s.ok)
+            )?;
+        }
+        out.flush()?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json(&opts))?);
     } else {

@@ -232,8 +232,34 @@ impl Reloader {
         if let Some(s) = served.as_ref() {
             crate::metrics::snapshot_published(old.as_ref().map(|o| o.id()).as_deref(), s);
         }
+        drop(served);
+        if let Some(old) = old {
+            retire(old);
+        }
         Ok(())
     }
+}
+
+/// Waits (here, on the reload thread) until requests still reading `old` are done, then
+/// drops it, so the unmapping of gigabytes of page tables never lands on a request. Gives
+/// up waiting after a minute (a stuck reader) and lets the last reader unmap it.
+fn retire(old: Arc<Snapshot>) {
+    let started = Instant::now();
+    while Arc::strong_count(&old) > 1 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waited = started.elapsed();
+    let id = old.id();
+    let unmapping = Instant::now();
+    let last = Arc::strong_count(&old) == 1;
+    drop(old);
+    tracing::debug!(
+        snapshot = %id,
+        readers_ms = waited.as_millis() as u64,
+        unmap_ms = unmapping.elapsed().as_millis() as u64,
+        unmapped_here = last,
+        "old snapshot retired"
+    );
 }
 
 /// Watches the snapshot directory (not its files: an atomic rename or a replaced symlink is
