@@ -69,13 +69,18 @@ pub fn write_personer(
         .then(|| (overlay, overlay.filter()));
     out.extend_from_slice(b"{\"personer\":[");
     let mut first = true;
-    for group in ids.chunks(PREFETCH) {
+    // Groups go through a pipeline: while group g is copied out, the records of group g + 1
+    // (its slots read just before) and the slots of group g + 2 are already on their way,
+    // so the copying hides the cache misses of the groups behind it.
+    let prefetch_slots = |group: &[PersonId]| {
         for &id in group {
             snapshot.prefetch(id);
             if let Some((_, filter)) = &overlay {
                 filter.prefetch(id);
             }
         }
+    };
+    let resolve = |group: &[PersonId]| {
         let mut offsets: [Option<RecordOffset>; PREFETCH] = [None; PREFETCH];
         for (slot, &id) in offsets.iter_mut().zip(group) {
             *slot = snapshot.find(id);
@@ -83,9 +88,24 @@ pub fn write_personer(
                 snapshot.prefetch_record(at);
             }
         }
-        let found = offsets.map(|at| at.and_then(|at| snapshot.record_at(at)));
-        for (rec, &id) in found.iter().zip(group) {
-            match rec {
+        offsets
+    };
+    let groups: Vec<&[PersonId]> = ids.chunks(PREFETCH).collect();
+    if let Some(g) = groups.first() {
+        prefetch_slots(g);
+    }
+    if let Some(g) = groups.get(1) {
+        prefetch_slots(g);
+    }
+    let mut next = groups.first().map(|g| resolve(g));
+    for (k, group) in groups.iter().enumerate() {
+        let offsets = next.take().unwrap_or([None; PREFETCH]);
+        next = groups.get(k + 1).map(|g| resolve(g));
+        if let Some(g) = groups.get(k + 2) {
+            prefetch_slots(g);
+        }
+        for (at, &id) in offsets.iter().zip(group.iter()) {
+            match at.and_then(|at| snapshot.record_at(at)) {
                 Some(rec) => {
                     if !first {
                         out.push(b',');
@@ -93,9 +113,9 @@ pub fn write_personer(
                     first = false;
                     match &overlay {
                         Some((o, filter)) if filter.may_hold(id) => o.with_spraak(id, |spraak| {
-                            snapshot.write_record(rec, opts.groups, spraak, out);
+                            snapshot.write_record(&rec, opts.groups, spraak, out);
                         }),
-                        _ => snapshot.write_record(rec, opts.groups, None, out),
+                        _ => snapshot.write_record(&rec, opts.groups, None, out),
                     }
                     stats.found += 1;
                 }

@@ -206,7 +206,7 @@ impl Snapshot {
         let records = self.body().records.as_slice();
         // Records average about 480 bytes; the first four lines hold most of one, and the
         // hardware prefetcher follows on from there.
-        for line in 0..4 {
+        for line in 0..8 {
             if let Some(b) = records.get(at.0 + line * 64) {
                 prefetch_read(b);
             }
@@ -241,26 +241,41 @@ impl Snapshot {
         spraak: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) {
-        out.extend_from_slice(rec.head());
-        if groups.contains(Groups::VARSLING) {
-            out.extend_from_slice(rec.varsling());
-        }
-        if groups.contains(Groups::KONTAKT) {
-            out.extend_from_slice(rec.kontakt());
-        }
-        if groups.contains(Groups::DIGITALPOST) {
-            out.extend_from_slice(rec.digital_post());
-        }
-        if groups.contains(Groups::SERTIFIKAT)
-            && let Some(c) = rec.cert()
-        {
-            out.extend_from_slice(self.cert_segment(c));
-        }
-        if groups.contains(Groups::SPRAAK) {
-            match spraak {
-                Some(seg) if !rec.is_slettet() => out.extend_from_slice(seg),
-                _ => out.extend_from_slice(rec.spraak()),
+        // The record's segments lie in answer order (head, varsling, kontakt, digital post,
+        // spraak); the wanted ones are copied as few contiguous runs (with every group: one
+        // run, the certificate, one run), not one copy per segment.
+        let cert = match rec.cert() {
+            Some(c) if groups.contains(Groups::SERTIFIKAT) => Some(self.cert_segment(c)),
+            _ => None,
+        };
+        let spraak = spraak.filter(|_| groups.contains(Groups::SPRAAK) && !rec.is_slettet());
+        let wanted = [
+            true,
+            groups.contains(Groups::VARSLING),
+            groups.contains(Groups::KONTAKT),
+            groups.contains(Groups::DIGITALPOST),
+            groups.contains(Groups::SPRAAK) && spraak.is_none(),
+        ];
+        let segs = rec.segments;
+        let (mut run, mut at) = (0, 0);
+        for (n, &want) in wanted.iter().enumerate() {
+            if n == 4
+                && let Some(c) = cert
+            {
+                out.extend_from_slice(&segs[run..at]);
+                out.extend_from_slice(c);
+                run = at;
             }
+            let len = usize::from(rec.lens[n]);
+            if !want {
+                out.extend_from_slice(&segs[run..at]);
+                run = at + len;
+            }
+            at += len;
+        }
+        out.extend_from_slice(&segs[run..at]);
+        if let Some(seg) = spraak {
+            out.extend_from_slice(seg);
         }
         out.push(b'}');
     }
