@@ -205,6 +205,26 @@ async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
     Ok(sender)
 }
 
+/// Draws `n` ids uniformly from `ids` into `out` (cleared first), with the same sequence of
+/// random numbers as one `ids[rng.random_range(0..len)]` per id. The picks are prefetched
+/// before they are read: an id list of millions does not fit in cache, and a load tool
+/// that waits for DRAM on every id steals the cores it shares with the service.
+pub fn draw(ids: &[PersonId], n: usize, rng: &mut ChaCha8Rng, out: &mut Vec<PersonId>) {
+    const AHEAD: usize = 64;
+    let mut at = [0usize; AHEAD];
+    out.clear();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(AHEAD);
+        for slot in &mut at[..k] {
+            *slot = rng.random_range(0..ids.len());
+            crate::snapshot::load::prefetch_read(std::ptr::from_ref(&ids[*slot]).cast());
+        }
+        out.extend(at[..k].iter().map(|&i| ids[i]));
+        left -= k;
+    }
+}
+
 /// Runs the load and returns what it measured.
 pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(!opts.ids.is_empty(), "no ids to draw from");
@@ -278,6 +298,7 @@ async fn connection(
     let machine_auth = format!("Bearer {}", opts.machine_token);
     let mut sender: Option<Sender> = None;
     let mut body = Vec::with_capacity(opts.batch * 15 + 64);
+    let mut picks = Vec::with_capacity(opts.batch);
     while Instant::now() < deadline {
         if budget
             .fetch_update(
@@ -322,12 +343,13 @@ async fn connection(
         } else {
             body.clear();
             body.extend_from_slice(b"{\"personidentifikatorer\":[");
-            for i in 0..opts.batch {
+            draw(&opts.ids, opts.batch, &mut rng, &mut picks);
+            for (i, id) in picks.iter().enumerate() {
                 if i > 0 {
                     body.push(b',');
                 }
                 body.push(b'"');
-                body.extend_from_slice(&opts.ids[rng.random_range(0..opts.ids.len())].digits());
+                body.extend_from_slice(&id.digits());
                 body.push(b'"');
             }
             body.extend_from_slice(b"]");
