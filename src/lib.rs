@@ -46,6 +46,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod overlay;
+pub mod peers;
 pub mod reload;
 pub mod render;
 pub mod serve;

@@ -117,6 +117,59 @@ enum Command {
         #[arg(long, env = "KRR_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
+    /// Load Redis and PostgreSQL with a snapshot's persons and drive them like `loadtest`
+    /// (the side-by-side comparison of `tools/bench-peers`).
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeersCommand {
+    /// Write every person of the snapshot to Redis (one key per person) and/or PostgreSQL
+    /// (table `persons`, jsonb).
+    Load {
+        /// The snapshot whose persons to load.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Redis URL, e.g. redis://127.0.0.1:6390/.
+        #[arg(long)]
+        redis: Option<String>,
+        /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5490/postgres.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Drive a loaded peer with batch lookups; print throughput and latency like `loadtest`.
+    Bench(PeersBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct PeersBenchArgs {
+    /// The snapshot the peer was loaded from: ids are drawn from it.
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Which peer.
+    #[arg(long, value_enum)]
+    target: krr::peers::Peer,
+    /// The peer's URL.
+    #[arg(long)]
+    url: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Ids per lookup.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seed of the id draws (the same seed draws the same ids as `loadtest`).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -435,6 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(krr::serve::demo(paths, listen, admin_listen))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Peers { command } => peers(command),
     }
 }
 
@@ -549,6 +603,61 @@ fn loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(4)
     })
+}
+
+fn peers(command: PeersCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PeersCommand::Load {
+            snapshot,
+            redis,
+            postgres,
+        } => {
+            anyhow::ensure!(
+                redis.is_some() || postgres.is_some(),
+                "nothing to load: give --redis and/or --postgres"
+            );
+            let snap = Snapshot::open(&snapshot)?;
+            let rt = runtime()?;
+            if let Some(url) = &redis {
+                rt.block_on(krr::peers::load_redis(
+                    &snap,
+                    url,
+                    krr::peers::REDIS_PIPELINE,
+                ))?;
+            }
+            if let Some(url) = &postgres {
+                rt.block_on(krr::peers::load_postgres(&snap, url))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PeersCommand::Bench(a) => {
+            let ids: Vec<PersonId> = Snapshot::open(&a.snapshot)?.ids().collect();
+            let opts = krr::peers::PeerOptions {
+                peer: a.target,
+                url: a.url,
+                connections: a.connections,
+                duration: std::time::Duration::from_secs(a.duration),
+                batch: a.batch,
+                ids: std::sync::Arc::new(ids),
+                seed: a.seed,
+            };
+            let report = runtime()?.block_on(krr::peers::run(opts.clone()))?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&opts.report_json(&report))?
+                );
+            } else {
+                println!("{} ({} ids a request)", opts.peer.name(), opts.batch);
+                print!("{}", report.to_text(&opts.as_load_options()));
+            }
+            Ok(if report.error_count() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
+        }
+    }
 }
 
 fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {

@@ -350,9 +350,34 @@ pub fn has_personal_number(text: &str) -> bool {
     false
 }
 
+/// A child process killed when dropped (a failing test leaves no server behind).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The real `krr serve` binary, logging JSON (kept in [`super::log_file`]).
 pub struct Binary {
-    pub child: std::process::Child,
+    pub child: KillOnDrop,
     pub api: SocketAddr,
     pub admin: SocketAddr,
     /// The `krr serving` start-up line.
@@ -420,7 +445,7 @@ pub fn spawn_serve(dir: &Path, extra: &[&str], level: &str) -> Binary {
     Binary {
         api: addr("listen"),
         admin: addr("admin"),
-        child,
+        child: KillOnDrop(child),
         startup,
         lines,
         stdout,
