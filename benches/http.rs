@@ -85,6 +85,10 @@ fn http(c: &mut Criterion) {
             journal: JournalOptions::default(),
             admin_listen: None,
             watch: false,
+            snapshot_url: None,
+            journal_url: None,
+            pg: krr::journal::pg::PgOptions::default(),
+            snapshot_poll: Duration::from_secs(10),
         };
         let prepared = rt.block_on(prepare(&config)).unwrap();
         let addr = prepared.listener.local_addr().unwrap();

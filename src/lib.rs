@@ -48,6 +48,7 @@ pub mod model;
 pub mod overlay;
 pub mod peers;
 pub mod reload;
+pub mod remote;
 pub mod render;
 pub mod serve;
 pub mod snapshot;

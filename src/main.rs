@@ -183,6 +183,14 @@ struct ServeArgs {
     /// Do not watch the snapshot directory (reload with SIGHUP or POST /admin/reload only).
     #[arg(long, env = "KRR_NO_WATCH")]
     no_watch: bool,
+    /// Follow snapshots published to object storage (`s3://bucket/prefix`; credentials,
+    /// region and endpoint from the AWS_* environment): download what the pointer names
+    /// into --snapshot-dir and reload.
+    #[arg(long, env = "KRR_SNAPSHOT_URL")]
+    snapshot_url: Option<String>,
+    /// Seconds between reads of the published pointer (fractions allowed, at least 0.05).
+    #[arg(long, env = "KRR_SNAPSHOT_POLL", default_value_t = 10.0)]
+    snapshot_poll: f64,
     /// Seconds requests in flight get to finish at shutdown.
     #[arg(long, env = "KRR_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -237,6 +245,16 @@ struct ServeArgs {
     /// Start a new journal segment once the open one reaches this many bytes.
     #[arg(long, env = "KRR_JOURNAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     journal_segment_bytes: u64,
+    /// Keep the journal in PostgreSQL (`postgres://user@host/db`), shared by every replica,
+    /// instead of --journal-dir. The tables are created if missing.
+    #[arg(long, env = "KRR_JOURNAL_URL")]
+    journal_url: Option<String>,
+    /// Connections to the journal database.
+    #[arg(long, env = "KRR_JOURNAL_POOL", default_value_t = 4)]
+    journal_pool: usize,
+    /// Seconds a PATCH waits for the journal database before it is answered 503.
+    #[arg(long, env = "KRR_JOURNAL_TIMEOUT", default_value_t = 3.0)]
+    journal_timeout: f64,
 }
 
 #[derive(clap::Args)]
@@ -303,12 +321,25 @@ enum JournalCommand {
         /// The journal directory.
         #[arg(long, env = "KRR_JOURNAL_DIR", default_value = "data/journal")]
         journal_dir: PathBuf,
+        /// Inspect the journal in PostgreSQL instead.
+        #[arg(long, env = "KRR_JOURNAL_URL")]
+        journal_url: Option<String>,
     },
-    /// Remove the segments wholly folded into a snapshot (never the newest segment).
+    /// Create the PostgreSQL journal's tables (idempotent; the service also does it).
+    Init {
+        /// The journal database (`postgres://user@host/db`).
+        #[arg(long, env = "KRR_JOURNAL_URL")]
+        journal_url: String,
+    },
+    /// Remove the segments (or PostgreSQL rows) wholly folded into a snapshot (never the
+    /// newest segment). With PostgreSQL, run it once every replica serves that snapshot.
     Compact {
         /// The journal directory.
         #[arg(long, env = "KRR_JOURNAL_DIR", default_value = "data/journal")]
         journal_dir: PathBuf,
+        /// Compact the journal in PostgreSQL instead.
+        #[arg(long, env = "KRR_JOURNAL_URL")]
+        journal_url: Option<String>,
         /// The snapshot whose folded sequence number decides; default: the newest valid
         /// snapshot of --snapshot-dir.
         #[arg(long)]
@@ -327,14 +358,26 @@ enum SnapshotCommand {
         #[arg(long, env = "KRR_INPUT")]
         input: PathBuf,
         /// Journal directory to fold in.
-        #[arg(long, env = "KRR_JOURNAL")]
+        #[arg(long, env = "KRR_JOURNAL", conflicts_with = "journal_url")]
         journal: Option<PathBuf>,
+        /// Journal in PostgreSQL to fold in (`postgres://…`), read as one consistent prefix.
+        #[arg(long, env = "KRR_JOURNAL_URL")]
+        journal_url: Option<String>,
         /// The snapshot file to write (atomically).
         #[arg(long, env = "KRR_OUT")]
         out: PathBuf,
         /// Build time (RFC 3339), the instant the 18-month rule is evaluated at; default now.
         #[arg(long, env = "KRR_BUILD_TIME", value_parser = parse_time)]
         build_time: Option<Timestamp>,
+    },
+    /// Upload a snapshot to object storage, then point `CURRENT` at it (replicas following
+    /// the prefix with --snapshot-url fetch and serve it; never a half-uploaded one).
+    Publish {
+        /// The snapshot file (verified before it is uploaded).
+        path: PathBuf,
+        /// `s3://bucket/prefix` (credentials, region and endpoint from AWS_* variables).
+        #[arg(long, env = "KRR_SNAPSHOT_URL")]
+        to: String,
     },
     /// Print a snapshot's header and verify its checksum.
     Inspect {
@@ -391,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SnapshotCommand::Build {
                     input,
                     journal,
+                    journal_url,
                     out,
                     build_time,
                 },
@@ -400,7 +444,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(t) = build_time {
                 opts.build_time = t;
             }
-            opts.journal = journal;
+            opts.journal = match (journal, journal_url) {
+                (Some(dir), _) => Some(snapshot::JournalInput::Dir(dir)),
+                (None, Some(url)) => {
+                    let (entries, last_seq) =
+                        runtime()?.block_on(krr::journal::pg::read_all(&url))?;
+                    Some(snapshot::JournalInput::Read { entries, last_seq })
+                }
+                (None, None) => None,
+            };
             opts.progress = tty;
             let report = snapshot::build_file(&input, &out, &opts)?;
             if let Some(j) = &report.journal {
@@ -442,6 +494,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot {
             command: SnapshotCommand::Inspect { path, get },
         } => inspect(path, get),
+        Command::Snapshot {
+            command: SnapshotCommand::Publish { path, to },
+        } => {
+            let started = Instant::now();
+            let remote = krr::remote::Remote::new(&to)?;
+            let p = runtime()?.block_on(remote.publish(&path))?;
+            eprintln!(
+                "published {} ({} bytes) as {} under {to}; CURRENT points to it ({:.1} s)",
+                p.id,
+                p.size,
+                p.key,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Journal { command } => journal_command(command),
         Command::Loadtest(args) => loadtest(*args),
         Command::Serve(args) => {
@@ -662,7 +729,26 @@ fn peers(command: PeersCommand) -> anyhow::Result<ExitCode> {
 
 fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {
     match command {
-        JournalCommand::Inspect { journal_dir } => {
+        JournalCommand::Init { journal_url } => {
+            runtime()?.block_on(krr::journal::pg::init(&journal_url))?;
+            eprintln!("journal tables ready in the database");
+            Ok(ExitCode::SUCCESS)
+        }
+        JournalCommand::Inspect {
+            journal_url: Some(url),
+            ..
+        } => {
+            let (entries, last_seq) = runtime()?.block_on(krr::journal::pg::read_all(&url))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "records {}  first seq {}  last seq {last_seq}",
+                entries.len(),
+                entries.first().map_or(0, |e| e.seq)
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JournalCommand::Inspect { journal_dir, .. } => {
             let scan = krr::journal::scan(&journal_dir, krr::journal::Mode::ReadOnly)?;
             let mut out = std::io::stdout().lock();
             for seg in &scan.segments {
@@ -696,6 +782,7 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {
         }
         JournalCommand::Compact {
             journal_dir,
+            journal_url,
             snapshot,
             snapshot_dir,
         } => {
@@ -713,6 +800,14 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let folded = snap.header().journal_seq;
+            if let Some(url) = journal_url {
+                let rows = runtime()?.block_on(krr::journal::pg::compact(&url, folded))?;
+                eprintln!(
+                    "{rows} journal rows removed; snapshot {} holds the journal up to sequence {folded}",
+                    snap.id()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let removed = krr::journal::compact(&journal_dir, folded)?;
             for p in &removed {
                 eprintln!("removed {}", p.display());
@@ -756,8 +851,16 @@ fn serve_config(a: ServeArgs) -> krr::serve::ServeConfig {
             segment_bytes: a.journal_segment_bytes,
             ..krr::journal::JournalOptions::default()
         },
+        journal_url: a.journal_url,
+        pg: krr::journal::pg::PgOptions {
+            pool_size: a.journal_pool.max(1),
+            timeout: std::time::Duration::from_secs_f64(a.journal_timeout.clamp(0.1, 600.0)),
+            ..krr::journal::pg::PgOptions::default()
+        },
         admin_listen: Some(a.admin_listen),
         watch: !a.no_watch,
+        snapshot_url: a.snapshot_url,
+        snapshot_poll: std::time::Duration::from_secs_f64(a.snapshot_poll.clamp(0.05, 86_400.0)),
     }
 }
 

@@ -34,6 +34,10 @@ pub const SNAPSHOT_AGE: &str = "krr_snapshot_age_seconds";
 pub const SNAPSHOT_RECORDS: &str = "krr_snapshot_records";
 /// Served snapshot's folded journal sequence number.
 pub const SNAPSHOT_JOURNAL_SEQ: &str = "krr_snapshot_journal_seq";
+/// Last shared-journal sequence number this replica has applied (PostgreSQL journal).
+pub const JOURNAL_APPLIED_SEQ: &str = "krr_journal_applied_seq";
+/// Changes refused because the journal database was unavailable.
+pub const JOURNAL_FAILURES: &str = "krr_journal_failures_total";
 /// Last durable journal sequence number.
 pub const JOURNAL_SEQ: &str = "krr_journal_seq";
 /// `fdatasync` latency of the journal (one per group commit).
@@ -103,10 +107,18 @@ fn describe() {
         "journal sequence number folded into the served snapshot"
     );
     describe_gauge!(JOURNAL_SEQ, "last durable journal sequence number");
+    describe_gauge!(
+        JOURNAL_APPLIED_SEQ,
+        "last shared-journal sequence number this replica has applied"
+    );
+    describe_counter!(
+        JOURNAL_FAILURES,
+        "changes refused because the journal database could not commit them"
+    );
     describe_histogram!(
         JOURNAL_FSYNC_SECONDS,
         Unit::Seconds,
-        "journal fdatasync latency"
+        "journal commit latency (fdatasync, or the database's commit)"
     );
     describe_counter!(JOURNAL_RECORDS, "changes made durable by the journal");
     describe_gauge!(OVERLAY_ENTRIES, "changed persons not yet in a snapshot");
@@ -126,7 +138,11 @@ pub fn snapshot_published(old: Option<&str>, snapshot: &crate::snapshot::Snapsho
 }
 
 /// The text of `/metrics`, with the gauges that are read at scrape time brought up to date.
-pub fn render(store: &Store, journal: Option<&crate::journal::Journal>, ready: bool) -> String {
+pub fn render(
+    store: &Store,
+    journal: Option<&std::sync::Arc<dyn crate::journal::Backend>>,
+    ready: bool,
+) -> String {
     let handle = handle();
     if let Some(s) = store.current().as_ref() {
         let age = crate::time::Timestamp::now().0 - s.header().build_time.0;

@@ -79,21 +79,30 @@ fn seen(path: &Path) -> Option<Seen> {
 pub struct Reloader {
     store: Arc<Store>,
     dir: PathBuf,
-    journal_dir: Option<PathBuf>,
+    journal: Option<Arc<dyn crate::journal::Backend>>,
     serial: tokio::sync::Mutex<()>,
     refused: Mutex<HashMap<PathBuf, Seen>>,
 }
 
 impl Reloader {
-    /// A reloader of `store` from `dir`, folding in the journal of `journal_dir` if given.
-    pub fn new(store: Arc<Store>, dir: PathBuf, journal_dir: Option<PathBuf>) -> Reloader {
+    /// A reloader of `store` from `dir`, folding in `journal` if given.
+    pub fn new(
+        store: Arc<Store>,
+        dir: PathBuf,
+        journal: Option<Arc<dyn crate::journal::Backend>>,
+    ) -> Reloader {
         Reloader {
             store,
             dir,
-            journal_dir,
+            journal,
             serial: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The id of the snapshot served now.
+    pub fn served_id(&self) -> Option<String> {
+        self.store.current().as_ref().map(|s| s.id())
     }
 
     /// The directory watched.
@@ -219,13 +228,11 @@ impl Reloader {
     /// it (which drops the entries it does hold). Replaying before the swap means no reader
     /// ever sees the new snapshot without a change it lacks.
     fn install(&self, snapshot: Snapshot) -> Result<(), String> {
-        if let Some(dir) = &self.journal_dir
-            && dir.is_dir()
-        {
-            let scan = crate::journal::scan(dir, crate::journal::Mode::ReadOnly).map_err(|e| {
+        if let Some(journal) = &self.journal {
+            let entries = journal.since(snapshot.header().journal_seq).map_err(|e| {
                 format!("the journal cannot be read, so the snapshot is not swapped in: {e}")
             })?;
-            self.store.overlay().replay(&scan.entries, Some(&snapshot));
+            self.store.overlay().replay(&entries, Some(&snapshot));
         }
         let old = self.store.publish(snapshot);
         let served = self.store.current();

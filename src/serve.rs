@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use crate::auth::mint::{MintOptions, mint};
 use crate::auth::{JwksSource, KeyStore, Verifier};
 use crate::http::{AppState, JoseSigner, Limits, print_body};
-use crate::journal::{Journal, JournalOptions};
+use crate::journal::pg::{PgJournal, PgOptions};
+use crate::journal::{Backend, Journal, JournalOptions};
 use crate::store::Store;
 
 /// Everything `krr serve` is configured with.
@@ -44,10 +45,19 @@ pub struct ServeConfig {
     pub journal_dir: PathBuf,
     /// Journal writer settings.
     pub journal: JournalOptions,
+    /// The journal on PostgreSQL (`postgres://…`), shared by every replica, instead of
+    /// `journal_dir`.
+    pub journal_url: Option<String>,
+    /// Settings of the PostgreSQL journal.
+    pub pg: PgOptions,
     /// Health, metrics and reload (`None`: no admin listener).
     pub admin_listen: Option<SocketAddr>,
     /// Reload when `*.krr` names in the snapshot directory change.
     pub watch: bool,
+    /// Follow the snapshots published to this `s3://bucket/prefix` (see `remote`).
+    pub snapshot_url: Option<String>,
+    /// How often the published pointer is read.
+    pub snapshot_poll: Duration,
 }
 
 /// A bound, ready service.
@@ -99,6 +109,15 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     };
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
+    if config.snapshot_url.is_some() {
+        // Downloads land here; the watcher needs it to exist.
+        std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
+            format!(
+                "creating the snapshot directory {}",
+                config.snapshot_dir.display()
+            )
+        })?;
+    }
     let store = Arc::new(Store::empty());
     match store.load_newest(&config.snapshot_dir) {
         Ok(Some(s)) => {
@@ -120,7 +139,10 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
             "cannot read the snapshot directory; answering 503 until a snapshot is loaded"
         ),
     }
-    let journal = open_journal(&store, &config.journal_dir, config.journal)?;
+    let journal: Arc<dyn Backend> = match &config.journal_url {
+        Some(url) => Arc::new(open_pg_journal(&store, url, config.pg).await?),
+        None => Arc::new(open_journal(&store, &config.journal_dir, config.journal)?),
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -135,7 +157,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     let reloader = Arc::new(crate::reload::Reloader::new(
         store.clone(),
         config.snapshot_dir.clone(),
-        Some(config.journal_dir.clone()),
+        Some(journal.clone()),
     ));
     let state = Arc::new(AppState {
         store,
@@ -186,6 +208,42 @@ pub fn open_journal(
         overlay = store.overlay().len(),
         torn_tail_cut = scan.cut.is_some(),
         "journal recovered"
+    );
+    Ok(journal)
+}
+
+/// Connects to the shared journal, replays into the overlay what the served snapshot does
+/// not hold, and starts the writer and the follower (which apply what they commit and read).
+pub async fn open_pg_journal(
+    store: &Arc<Store>,
+    url: &str,
+    opts: PgOptions,
+) -> anyhow::Result<PgJournal> {
+    let snapshot = store.current();
+    let folded = snapshot.as_ref().map_or(0, |s| s.header().journal_seq);
+    let applier = store.clone();
+    let (journal, entries) = PgJournal::open(
+        url,
+        folded,
+        opts,
+        Arc::new(move |entries| {
+            // Another replica's change may be for a person this snapshot holds newer data
+            // of (or has deleted): the merge rule of the overlay decides, as at recovery.
+            let served = applier.current();
+            applier.overlay().replay(entries, served.as_deref());
+        }),
+    )
+    .await
+    .context("opening the journal database")?;
+    let replayed = store.overlay().replay(&entries, snapshot.as_deref());
+    tracing::info!(
+        database = %journal.describe(),
+        records = entries.len(),
+        last_seq = journal.stats().last_seq.load(std::sync::atomic::Ordering::Relaxed),
+        snapshot_seq = folded,
+        replayed,
+        overlay = store.overlay().len(),
+        "journal recovered from the database"
     );
     Ok(journal)
 }
@@ -255,6 +313,14 @@ pub async fn run_prepared(config: &ServeConfig, prepared: Prepared) -> anyhow::R
     } else {
         None
     };
+    let follower = match &config.snapshot_url {
+        Some(url) => Some(crate::remote::follow(
+            crate::remote::Remote::new(url)?,
+            reloader.clone(),
+            config.snapshot_poll,
+        )),
+        None => None,
+    };
     sd_notify("READY=1");
 
     let draining = state.clone();
@@ -268,6 +334,9 @@ pub async fn run_prepared(config: &ServeConfig, prepared: Prepared) -> anyhow::R
         );
     })
     .await;
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Some(j) = &state.journal {
         // Every acknowledged change is durable already; this waits for the writer to answer
         // what was queued and to stop.
@@ -445,8 +514,12 @@ pub async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> an
         jwks_refresh: Duration::from_secs(300),
         journal_dir: paths.dir.join("journal"),
         journal: JournalOptions::default(),
+        journal_url: None,
+        pg: PgOptions::default(),
         admin_listen: Some(admin),
         watch: true,
+        snapshot_url: None,
+        snapshot_poll: Duration::from_secs(10),
     };
     let prepared = prepare(&config).await?;
     let addr = prepared.listener.local_addr()?;

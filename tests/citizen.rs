@@ -157,7 +157,9 @@ async fn folding_the_journal_into_a_snapshot_empties_the_overlay_and_changes_no_
         &s.dir.path().join("reg.jsonl"),
         &out,
         &krr::snapshot::BuildOptions {
-            journal: Some(s.dir.path().join("journal")),
+            journal: Some(krr::snapshot::JournalInput::Dir(
+                s.dir.path().join("journal"),
+            )),
             ..common::build_opts()
         },
     )

@@ -449,7 +449,7 @@ fn folding_into_a_build() {
         &jsonl,
         &out,
         &BuildOptions {
-            journal: Some(journal_dir.clone()),
+            journal: Some(krr::snapshot::JournalInput::Dir(journal_dir.clone())),
             ..common::build_opts()
         },
     )
@@ -522,7 +522,7 @@ fn folding_into_a_build() {
         &jsonl,
         &dir.path().join("x.krr"),
         &BuildOptions {
-            journal: Some(dir.path().join("nope")),
+            journal: Some(krr::snapshot::JournalInput::Dir(dir.path().join("nope"))),
             ..common::build_opts()
         },
     )

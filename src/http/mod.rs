@@ -81,7 +81,7 @@ pub struct AppState {
     /// Limits.
     pub limits: Limits,
     /// Where PATCHes are made durable (`None`: the service takes no changes, PATCH is 503).
-    pub journal: Option<crate::journal::Journal>,
+    pub journal: Option<std::sync::Arc<dyn crate::journal::Backend>>,
     /// The reload path (admin `POST /admin/reload`, SIGHUP, the watcher).
     pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// Set at the first moment of shutdown: readiness answers 503 from then on.

@@ -470,6 +470,13 @@ async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Resp, 
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is shutting down; the change was not made",
         )),
+        Err(JournalError::Unavailable(cause)) => {
+            tracing::warn!(%cause, "journal database unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal database is unavailable; the change was not made, try again later",
+            ))
+        }
         Err(e) => {
             tracing::error!(cause = %e, "journal append failed");
             Err(ApiError::new(

@@ -11,6 +11,11 @@
 //!   stops the process: nothing that might be lost is acknowledged, and recovery at the next
 //!   start cuts whatever was half written.
 //! - [`compact`]: removes segments a snapshot has wholly folded in.
+//! - [`Backend`]: what the service needs of a journal. [`Journal`] (this directory of
+//!   segments, the single-machine default) and [`pg::PgJournal`] (a table shared by every
+//!   replica) implement it with the same semantics: an entry is acknowledged once durable,
+//!   applied to the overlay before the acknowledgement, sequence numbers without gaps, and
+//!   recovery and merging by sequence number against the served snapshot's folded one.
 //!
 //! **Recovery policy, `truncate-torn-tail`**: a record that is incomplete or fails its
 //! checksum at the end of the *newest* segment is what a crash during an append leaves; it
@@ -20,6 +25,7 @@
 //! silently dropping acknowledged changes.
 
 pub mod format;
+pub mod pg;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -65,6 +71,61 @@ pub enum JournalError {
     /// Another process (or writer) holds the journal.
     #[error("journal {0} is in use by another process (its LOCK file is locked)")]
     Locked(PathBuf),
+    /// The journal database could not be reached or did not answer in time; the change was
+    /// not acknowledged.
+    #[error("the journal database is unavailable: {0}")]
+    Unavailable(String),
+    /// The journal database answered with an error (schema missing, permissions, …).
+    #[error("the journal database refused: {0}")]
+    Database(String),
+}
+
+/// Boxed future of the [`Backend`] methods (the trait is used as `dyn`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A journal as the service uses it; see the module doc for the semantics both
+/// implementations keep.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Appends `change`; resolves once it is durable and applied to the overlay, with its
+    /// entry (sequence number and time).
+    fn append(&self, change: Change) -> BoxFuture<'_, Result<Entry, JournalError>>;
+
+    /// Every durable entry after sequence number `seq`, in order. Blocking: called on the
+    /// reload thread, to fold into the overlay what a new snapshot does not hold.
+    fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError>;
+
+    /// Counters for metrics and the shutdown log.
+    fn stats(&self) -> &JournalStats;
+
+    /// Stops taking changes; what is queued is made durable and answered first.
+    fn close(&self);
+
+    /// Where the journal is, for logs (never a password).
+    fn describe(&self) -> String;
+}
+
+impl Backend for Journal {
+    fn append(&self, change: Change) -> BoxFuture<'_, Result<Entry, JournalError>> {
+        Box::pin(Journal::append(self, change))
+    }
+
+    fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError> {
+        let mut entries = scan(&self.dir, Mode::ReadOnly)?.entries;
+        entries.retain(|e| e.seq > seq);
+        Ok(entries)
+    }
+
+    fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    fn close(&self) {
+        Journal::close(self);
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {

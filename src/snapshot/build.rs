@@ -42,10 +42,25 @@ const PIECE: usize = 4 << 20;
 pub struct BuildOptions {
     /// The time the 18-month rule is evaluated at, and the header's build time.
     pub build_time: Timestamp,
-    /// Journal directory to fold in.
-    pub journal: Option<PathBuf>,
+    /// The journal to fold in.
+    pub journal: Option<JournalInput>,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+}
+
+/// A journal to fold into a build.
+#[derive(Clone, Debug)]
+pub enum JournalInput {
+    /// A journal directory (read only; a running service may be appending).
+    Dir(PathBuf),
+    /// Entries already read (from the PostgreSQL journal), in sequence order, and the last
+    /// sequence number handed out when they were read.
+    Read {
+        /// The entries.
+        entries: Vec<crate::journal::Entry>,
+        /// The journal's head: everything up to it is folded.
+        last_seq: u64,
+    },
 }
 
 impl BuildOptions {
@@ -173,24 +188,34 @@ impl Fold {
         }
         let scan = crate::journal::scan(dir, crate::journal::Mode::ReadOnly)
             .map_err(|e| BuildError::Journal(e.to_string()))?;
-        let mut latest = HashMap::with_hasher(Xxh3Builder::new());
-        for e in &scan.entries {
-            let crate::journal::Change::SetSpraak { id, spraak } = e.change;
-            latest.insert(id.key(), (e.at, spraak));
-        }
         // After a compaction the newest segment may hold no record yet; its start still
         // says how far the sequence has come.
         let folded_seq = scan
             .last_seq()
             .max(scan.segments.last().map_or(0, |s| s.first_seq - 1));
+        Ok(Fold::from_entries(&scan.entries, folded_seq, scan.cut))
+    }
+
+    /// The fold of `entries` (in sequence order), everything up to `folded_seq` counted as
+    /// folded.
+    fn from_entries(
+        entries: &[crate::journal::Entry],
+        folded_seq: u64,
+        torn_tail: Option<crate::journal::Cut>,
+    ) -> (Fold, JournalFold) {
+        let mut latest = HashMap::with_hasher(Xxh3Builder::new());
+        for e in entries {
+            let crate::journal::Change::SetSpraak { id, spraak } = e.change;
+            latest.insert(id.key(), (e.at, spraak));
+        }
         let report = JournalFold {
-            records: scan.entries.len() as u64,
+            records: entries.len() as u64,
             persons: latest.len() as u64,
-            folded_seq,
-            torn_tail: scan.cut,
+            folded_seq: folded_seq.max(entries.last().map_or(0, |e| e.seq)),
+            torn_tail,
             ..JournalFold::default()
         };
-        Ok((Fold { latest }, report))
+        (Fold { latest }, report)
     }
 
     /// Applies `p`'s journal change, if it has one: 1 in the first place when folded, 1 in
@@ -257,8 +282,12 @@ pub fn build_bytes(
 ) -> Result<BuildReport, BuildError> {
     let (fold, mut journal) = match &opts.journal {
         None => (Fold::default(), None),
-        Some(dir) => {
+        Some(JournalInput::Dir(dir)) => {
             let (fold, report) = Fold::read(dir)?;
+            (fold, Some(report))
+        }
+        Some(JournalInput::Read { entries, last_seq }) => {
+            let (fold, report) = Fold::from_entries(entries, *last_seq, None);
             (fold, Some(report))
         }
     };

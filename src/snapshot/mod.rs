@@ -11,8 +11,8 @@ pub mod format;
 pub mod load;
 
 pub use build::{
-    BuildError, BuildOptions, BuildReport, BuildTimings, JournalFold, LineError, build_bytes,
-    build_file,
+    BuildError, BuildOptions, BuildReport, BuildTimings, JournalFold, JournalInput, LineError,
+    build_bytes, build_file,
 };
 pub use format::{Counts, Header};
 pub use load::{Record, Snapshot};

@@ -105,6 +105,10 @@ pub async fn start(opts: Options) -> Server {
         journal: JournalOptions::default(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch: false,
+        snapshot_url: None,
+        journal_url: None,
+        pg: krr::journal::pg::PgOptions::default(),
+        snapshot_poll: Duration::from_secs(10),
     };
     let Prepared {
         listener,
