@@ -564,7 +564,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// guard flushes on drop.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KRR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // tokio-postgres logs statement parameters (personal numbers) at debug: never
+        // below info, whatever KRR_LOG says.
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());

@@ -13,15 +13,6 @@ use krr::time::Timestamp;
 const READ: &str = "krr:user/kontaktinformasjon.read krr:user/digitalpost.read";
 const WRITE: &str = "krr:user/spraak.write";
 
-fn user(scope: &str, pid: &str) -> String {
-    token(MintOptions {
-        scope: scope.into(),
-        pid: Some(pid.into()),
-        user: true,
-        ..Default::default()
-    })
-}
-
 async fn patch(s: &Server, path: &str, token: &str, content_type: &str, body: &str) -> Answer {
     let auth = format!("Bearer {token}");
     call(

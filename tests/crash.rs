@@ -20,7 +20,6 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 
 use common::http::*;
-use krr::auth::mint::MintOptions;
 
 struct Running {
     child: Child,
@@ -74,15 +73,6 @@ fn serve(dir: &Path) -> Running {
         .expect("the server started")
         .expect("the start-up line names the address");
     Running { child, addr }
-}
-
-fn user(scope: &str, pid: &str) -> String {
-    token(MintOptions {
-        scope: scope.into(),
-        pid: Some(pid.into()),
-        user: true,
-        ..Default::default()
-    })
 }
 
 /// Sends one PATCH per person from `clients` concurrent clients; SIGKILLs the server once

@@ -58,7 +58,7 @@ INSERT INTO krr_journal_head (one, last_seq, last_at) VALUES (true, 0, 0)
 CREATE TABLE IF NOT EXISTS krr_journal (
     seq bigint PRIMARY KEY,
     at bigint NOT NULL,
-    person bigint NOT NULL CHECK (person BETWEEN 0 AND 99999999999),
+    person bigint NOT NULL CHECK (person >= 0 AND person < 100000000000),
     spraak text NOT NULL CHECK (spraak IN ('nb', 'nn', 'en', 'se'))
 );
 COMMIT;

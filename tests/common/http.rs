@@ -180,6 +180,16 @@ pub fn token(opts: MintOptions) -> String {
     .unwrap()
 }
 
+/// A citizen's (ID-porten) token for `pid` with `scope`.
+pub fn user(scope: &str, pid: &str) -> String {
+    token(MintOptions {
+        scope: scope.into(),
+        pid: Some(pid.into()),
+        user: true,
+        ..Default::default()
+    })
+}
+
 pub fn scoped(scope: &str) -> String {
     token(MintOptions {
         scope: scope.into(),
@@ -395,8 +405,14 @@ pub struct Binary {
 /// Starts `krr serve` on `dir/snapshots` and `dir/journal` with the fixture keys, both
 /// listeners on free ports, JSON logs at `level`, and `extra` flags; waits for it to serve.
 pub fn spawn_serve(dir: &Path, extra: &[&str], level: &str) -> Binary {
+    spawn_serve_env(dir, extra, &[], level)
+}
+
+/// [`spawn_serve`] with extra environment variables.
+pub fn spawn_serve_env(dir: &Path, extra: &[&str], env: &[(&str, &str)], level: &str) -> Binary {
     use std::io::{BufRead, Read, Write};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_krr"))
+        .envs(env.iter().copied())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--issuer", "https://maskinporten.no/"])
