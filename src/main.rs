@@ -563,11 +563,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// blocks a request); nothing is dropped (the writer applies back-pressure instead). The
 /// guard flushes on drop.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KRR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // tokio-postgres logs statement parameters (personal numbers) at debug: never
-        // below info, whatever KRR_LOG says.
-        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
+    let filter = log_filter(std::env::var("KRR_LOG").ok().as_deref());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
@@ -583,6 +579,25 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .init(),
     }
     guard
+}
+
+/// The log filter from `KRR_LOG` (default `info`). tokio-postgres logs statement parameters
+/// (personal numbers) at debug: every directive naming it is dropped and it is capped at
+/// info, whatever `KRR_LOG` says.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let kept: Vec<&str> = spec
+        .unwrap_or("info")
+        .split(',')
+        .filter(|d| !d.contains("tokio_postgres") && !d.trim().is_empty())
+        .collect();
+    let base = if kept.is_empty() {
+        "info".to_string()
+    } else {
+        kept.join(",")
+    };
+    tracing_subscriber::EnvFilter::try_new(&base)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -937,4 +952,32 @@ fn print_header(out: &mut impl Write, h: &Header) -> std::io::Result<()> {
     writeln!(out, "certificates  {}", c.certs)?;
     writeln!(out, "max probe     {}", h.max_probe)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn tokio_postgres_never_logs_below_info() {
+        for spec in [
+            None,
+            Some("debug"),
+            Some("trace,tokio_postgres::query=trace"),
+            Some("tokio_postgres=debug"),
+            Some("krr=debug, tokio_postgres::query=debug"),
+        ] {
+            let f = log_filter(spec).to_string();
+            let directives: Vec<&str> = f
+                .split(',')
+                .filter(|d| d.contains("tokio_postgres"))
+                .collect();
+            assert_eq!(directives, ["tokio_postgres=info"], "{spec:?} gave {f}");
+        }
+        assert!(
+            log_filter(Some("krr=debug,warn"))
+                .to_string()
+                .contains("krr=debug")
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub const SNAPSHOT_RECORDS: &str = "krr_snapshot_records";
 pub const SNAPSHOT_JOURNAL_SEQ: &str = "krr_snapshot_journal_seq";
 /// Last shared-journal sequence number this replica has applied (PostgreSQL journal).
 pub const JOURNAL_APPLIED_SEQ: &str = "krr_journal_applied_seq";
+/// Times the journal database was found behind what a replica had applied.
+pub const JOURNAL_REWOUND: &str = "krr_journal_rewound_total";
 /// Changes refused because the journal database was unavailable.
 pub const JOURNAL_FAILURES: &str = "krr_journal_failures_total";
 /// Last durable journal sequence number.
@@ -110,6 +112,10 @@ fn describe() {
     describe_gauge!(
         JOURNAL_APPLIED_SEQ,
         "last shared-journal sequence number this replica has applied"
+    );
+    describe_counter!(
+        JOURNAL_REWOUND,
+        "times the journal database was behind what this replica had applied (restore, failover)"
     );
     describe_counter!(
         JOURNAL_FAILURES,

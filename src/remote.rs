@@ -52,6 +52,29 @@ pub struct Pointer {
     pub build_time: i64,
 }
 
+impl Pointer {
+    /// Reads and checks a `CURRENT` object: an id of 16 hex digits, the key `publish` gives
+    /// it, a size a snapshot can have.
+    pub fn parse(bytes: &[u8]) -> anyhow::Result<Pointer> {
+        let p: Pointer = serde_json::from_slice(bytes)
+            .map_err(|e| anyhow::anyhow!("the CURRENT pointer is not valid: {e}"))?;
+        anyhow::ensure!(
+            p.id.len() == 16 && p.id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "the CURRENT pointer names no valid snapshot id (16 hex digits)"
+        );
+        anyhow::ensure!(
+            p.key == format!("snapshots/{}.krr", p.id),
+            "the CURRENT pointer's key is not snapshots/<id>.krr"
+        );
+        anyhow::ensure!(
+            p.size >= crate::snapshot::format::HEADER_LEN as u64,
+            "the CURRENT pointer's size ({}) is smaller than a snapshot header",
+            p.size
+        );
+        Ok(p)
+    }
+}
+
 /// A bucket and prefix holding published snapshots.
 #[derive(Clone, Debug)]
 pub struct Remote {
@@ -68,8 +91,17 @@ impl Remote {
             parsed.scheme() == "s3",
             "snapshot URL {url}: only s3://bucket/prefix is supported"
         );
+        // The default 30 s request timeout covers a whole body: a snapshot of gigabytes
+        // needs longer. Connecting must still be quick.
+        use object_store::ClientConfigKey;
+        use object_store::aws::AmazonS3ConfigKey;
         let store = object_store::aws::AmazonS3Builder::from_env()
             .with_url(url)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "1h")
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
+            )
             .build()
             .with_context(|| format!("configuring object storage for {url}"))?;
         let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
@@ -97,6 +129,18 @@ impl Remote {
             anyhow::Ok((s.id(), s.header().build_time.0, s.file_len()))
         })
         .await??;
+        if let Some(current) = self.pointer().await?
+            && current.build_time > build_time
+            && current.id != id
+        {
+            anyhow::bail!(
+                "CURRENT names a newer snapshot ({}, built {}) than {} (built {}); nothing published",
+                current.id,
+                crate::time::Timestamp(current.build_time).to_oslo_string(),
+                file.display(),
+                crate::time::Timestamp(build_time).to_oslo_string()
+            );
+        }
         let key = format!("snapshots/{id}.krr");
         let object = self.key(&key);
         let upload = self
@@ -105,26 +149,35 @@ impl Remote {
             .await
             .with_context(|| format!("starting the upload of {key}"))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-        let mut f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("opening {}", file.display()))?;
-        let mut buf = vec![0u8; PART];
-        let mut sent = 0u64;
-        loop {
-            use tokio::io::AsyncReadExt;
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        let sent = async {
+            let mut f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let mut buf = vec![0u8; PART];
+            let mut sent = 0u64;
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(4).await?;
+                writer.write(&buf[..n]);
+                sent += n as u64;
             }
-            writer.wait_for_capacity(4).await?;
-            writer.write(&buf[..n]);
-            sent += n as u64;
+            anyhow::ensure!(
+                sent == size,
+                "{} changed while it was uploaded",
+                file.display()
+            );
+            anyhow::Ok(sent)
         }
-        anyhow::ensure!(
-            sent == size,
-            "{} changed while it was uploaded",
-            file.display()
-        );
+        .await;
+        if let Err(e) = sent {
+            // Do not leave the parts behind in the bucket.
+            let _ = writer.abort().await;
+            return Err(e);
+        }
         writer
             .finish()
             .await
@@ -148,16 +201,7 @@ impl Remote {
     /// What `CURRENT` names (`None` while nothing is published).
     pub async fn pointer(&self) -> anyhow::Result<Option<Pointer>> {
         match self.store.get(&self.key(POINTER)).await {
-            Ok(got) => {
-                let bytes = got.bytes().await?;
-                let p: Pointer = serde_json::from_slice(&bytes)
-                    .context("the CURRENT pointer is not valid JSON")?;
-                anyhow::ensure!(
-                    p.id.len() == 16 && p.id.bytes().all(|b| b.is_ascii_hexdigit()),
-                    "the CURRENT pointer names no valid snapshot id"
-                );
-                Ok(Some(p))
-            }
+            Ok(got) => Ok(Some(Pointer::parse(&got.bytes().await?)?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).context("reading the CURRENT pointer"),
         }
@@ -166,10 +210,18 @@ impl Remote {
     /// Downloads `p`'s object into `dir` as `<id>.krr` (via a dot-file, synced, then
     /// renamed). Returns the file.
     pub async fn download(&self, p: &Pointer, dir: &Path) -> anyhow::Result<PathBuf> {
+        let part = dir.join(format!(".{}.krr.part", p.id));
+        let got = self.fetch(p, dir, &part).await;
+        if got.is_err() {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        got
+    }
+
+    async fn fetch(&self, p: &Pointer, dir: &Path, part: &Path) -> anyhow::Result<PathBuf> {
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))?;
-        let part = dir.join(format!(".{}.krr.part", p.id));
         let done = dir.join(format!("{}.krr", p.id));
         let got = self
             .store
@@ -248,6 +300,9 @@ async fn step(
     let outcome = reloader.reload("object storage").await;
     if reloader.served_id().as_deref() == Some(p.id.as_str()) {
         prune_downloads(reloader.dir(), &p.id, KEEP);
+    } else if let crate::reload::Outcome::Failed { reason } = &outcome {
+        // Not the file's fault (e.g. the journal could not be read): try again next poll.
+        anyhow::bail!("the reload failed: {reason}");
     } else {
         // Refused (corrupt) or older than the served one: do not fetch it again.
         tracing::warn!(snapshot = %p.id, ?outcome, "the published snapshot is not served");
@@ -281,5 +336,79 @@ fn prune_downloads(dir: &Path, served: &str, keep: usize) {
                 tracing::warn!(file = %path.display(), cause = %e, "cannot remove an old downloaded snapshot")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_are_checked() {
+        let good = r#"{"id":"a7a1e841f16874c0","key":"snapshots/a7a1e841f16874c0.krr","size":96548456,"build_time":1796000000}"#;
+        let p = Pointer::parse(good.as_bytes()).unwrap();
+        assert_eq!((p.id.as_str(), p.size), ("a7a1e841f16874c0", 96_548_456));
+        let err = |text: &str| Pointer::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err("not json").starts_with("the CURRENT pointer is not valid: expected ident"),
+            "{}",
+            err("not json")
+        );
+        assert!(err(r#"{"id":"a7a1e841f16874c0"}"#).contains("missing field `key`"));
+        assert_eq!(
+            err(r#"{"id":"../../etc","key":"snapshots/../../etc.krr","size":9999,"build_time":0}"#),
+            "the CURRENT pointer names no valid snapshot id (16 hex digits)"
+        );
+        assert_eq!(
+            err(r#"{"id":"a7a1e841f16874c0","key":"other/x.krr","size":9999,"build_time":0}"#),
+            "the CURRENT pointer's key is not snapshots/<id>.krr"
+        );
+        assert_eq!(
+            err(
+                r#"{"id":"a7a1e841f16874c0","key":"snapshots/a7a1e841f16874c0.krr","size":3,"build_time":0}"#
+            ),
+            "the CURRENT pointer's size (3) is smaller than a snapshot header"
+        );
+    }
+
+    #[test]
+    fn only_old_downloads_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "0000000000000001.krr",
+            "0000000000000002.krr",
+            "0000000000000003.krr",
+            "served0000000000.krr",
+            "operator.krr",
+            ".0000000000000004.krr.part",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            let path = dir.path().join(n);
+            std::fs::write(&path, b"x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        // Served: 0000000000000002; keep 2 = the served one and the newest other download.
+        prune_downloads(dir.path(), "0000000000000002", 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".0000000000000004.krr.part",
+                "0000000000000002.krr",
+                "0000000000000003.krr",
+                "operator.krr",
+                "served0000000000.krr",
+            ]
+        );
     }
 }

@@ -140,6 +140,20 @@ impl Postgres {
         self.run(c, "pg_ctl stop");
     }
 
+    /// Sends `sig` to the postmaster and every backend (STOP: the database hangs).
+    fn signal(&self, sig: &str) {
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pidfile.lines().next().unwrap().trim().to_string();
+        let _ = Command::new("pkill")
+            .args([&format!("-{sig}"), "-P", &pid])
+            .status();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} the postmaster");
+    }
+
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -248,8 +262,6 @@ fn spawn_replica(dir: &Path, pg: &Postgres, s3: &S3) -> Replica {
         &[
             "--journal-url",
             &url,
-            "--journal-timeout",
-            "1",
             "--snapshot-url",
             "s3://krr/prod",
             "--snapshot-poll",
@@ -352,7 +364,7 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         .filter(|v| v["status"] == "AKTIV")
         .map(|v| v["personidentifikator"].as_str().unwrap().to_string())
         .collect();
-    assert!(pids.len() >= 40, "{} AKTIV persons", pids.len());
+    assert!(pids.len() >= 45, "{} AKTIV persons", pids.len());
 
     // The schema by hand first (the service would create it too), then three replicas with
     // nothing to serve yet.
@@ -493,7 +505,13 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
             }
         }));
     }
+    let started = Instant::now();
     while acked.lock().unwrap().len() < 12 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "only {} PATCHes acknowledged",
+            acked.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let Replica {
@@ -593,6 +611,42 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         "PostgreSQL restart ({restarted_in:?} down): PATCH 204 again after {resumed:?} on the three"
     );
 
+    // A database that hangs (every PostgreSQL process stopped): PATCH answers 503 once
+    // --journal-timeout (3 s) has passed, never later, saying the outcome is unknown; reads
+    // go on.
+    let hung = &pids[44];
+    pg.signal("STOP");
+    let started = Instant::now();
+    let a = patch(addrs[1], hung, "se").await.unwrap();
+    let waited = started.elapsed();
+    check_error(
+        &a,
+        503,
+        "the journal database did not answer in time; the change may or may not have been made, setting it again is safe",
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    assert!(language(addrs[1], pid).await.is_some(), "reads go on");
+    pg.signal("CONT");
+    let started = Instant::now();
+    loop {
+        let a = patch(addrs[1], hung, "nn").await.unwrap();
+        if a.status == StatusCode::NO_CONTENT {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "PATCH did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &addr in &addrs {
+        until_seen(addr, hung, "nn", Duration::from_secs(10)).await;
+    }
+    eprintln!("hung database: PATCH answered 503 after {waited:?}");
+
     // The nightly fold from the database, published once: all three serve it, the overlay
     // empties, every change is still answered.
     let mut expected: Vec<(String, Option<String>)> = Vec::new();
@@ -672,6 +726,25 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     );
     until_seen(addrs[0], &expected[0].0, lang, Duration::from_secs(5)).await;
 
+    let mut refusals_before = Vec::new();
+    for r in &replicas {
+        refusals_before
+            .push(metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap_or(0.0));
+    }
+    // An older snapshot is not published over a newer one.
+    let err = krr(
+        &[
+            "snapshot",
+            "publish",
+            first.to_str().unwrap(),
+            "--to",
+            "s3://krr/prod",
+        ],
+        &env,
+        false,
+    );
+    assert!(err.contains("CURRENT names a newer snapshot"), "{err}");
+
     // A corrupt object behind the pointer (a newer build, damaged after `publish` would
     // have verified it, written straight to the bucket): refused, the fold stays served.
     let newer = root.join("newer.krr");
@@ -703,11 +776,11 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     });
     s3.put_signed("prod/CURRENT", pointer.to_string().into_bytes())
         .await;
-    for r in &replicas {
+    for (r, before) in replicas.iter().zip(refusals_before) {
         let started = Instant::now();
         loop {
             let m = metrics(r).await;
-            if metric(&m, "krr_snapshot_refusals_total", "").unwrap_or(0.0) >= 1.0 {
+            if metric(&m, "krr_snapshot_refusals_total", "").unwrap_or(0.0) > before {
                 break;
             }
             assert!(
@@ -726,6 +799,27 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         )
         .await;
         assert_eq!(a.status, StatusCode::OK);
+    }
+
+    // A pointer that is not one: logged, retried, the fold stays served.
+    s3.put_signed("prod/CURRENT", b"{not json".to_vec()).await;
+    for r in &replicas {
+        let started = Instant::now();
+        while !r
+            .bin
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("the CURRENT pointer is not valid"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no warning logged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(serves(r, &folded_id).await);
     }
 
     // No replica logged a personal number.

@@ -470,6 +470,13 @@ async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Resp, 
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is shutting down; the change was not made",
         )),
+        Err(JournalError::Timeout) => {
+            tracing::warn!("journal database did not answer in time");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal database did not answer in time; the change may or may not have been made, setting it again is safe",
+            ))
+        }
         Err(JournalError::Unavailable(cause)) => {
             tracing::warn!(%cause, "journal database unavailable");
             Err(ApiError::new(

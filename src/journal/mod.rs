@@ -75,6 +75,10 @@ pub enum JournalError {
     /// not acknowledged.
     #[error("the journal database is unavailable: {0}")]
     Unavailable(String),
+    /// The journal database did not answer in time: the change may or may not have been
+    /// made (a commit whose answer was lost).
+    #[error("the journal database did not answer in time")]
+    Timeout,
     /// The journal database answered with an error (schema missing, permissions, …).
     #[error("the journal database refused: {0}")]
     Database(String),

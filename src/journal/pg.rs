@@ -83,6 +83,10 @@ SELECT last_seq, last_at, pg_notify('krr_journal', last_seq::text)::text FROM h"
 const SINCE: &str =
     "SELECT seq, at, person, spraak FROM krr_journal WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+/// PATCHes waiting for the database at most; more are answered 503 at once (a database
+/// that hangs must not make the queue, and the waits, grow without bound).
+const QUEUE: usize = 8192;
+
 /// Rows read by one query of the follower or of recovery.
 const PAGE: i64 = 50_000;
 
@@ -121,7 +125,7 @@ struct Request {
 
 /// The PostgreSQL journal (see the module doc).
 pub struct PgJournal {
-    tx: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
     pool: Pool,
     stats: Arc<JournalStats>,
     applied: Arc<AtomicU64>,
@@ -167,6 +171,12 @@ pub fn config(url: &str, timeout: Duration) -> Result<tokio_postgres::Config, Jo
         JournalError::Database(format!("the journal URL is not valid: {e}"))
     })?;
     c.connect_timeout(timeout);
+    // A half-open connection (database host gone without a FIN) is noticed in ~25 s, not
+    // after the kernel's two hours.
+    c.keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
     if c.get_application_name().is_none() {
         c.application_name("krr");
     }
@@ -302,8 +312,17 @@ impl PgJournal {
     ) -> Result<(PgJournal, Vec<Entry>), JournalError> {
         let cfg = config(url, opts.timeout)?;
         let describe = describe(&cfg);
+        // The pool's sessions: a 204 waits for the WAL flush (and a synchronous standby, if
+        // the server has one), whatever the server's default; a statement that outlives
+        // the timeout is cancelled by the server rather than left running.
+        let mut pooled = cfg.clone();
+        let ms = opts.timeout.as_millis().max(1);
+        let given = pooled.get_options().unwrap_or_default().to_string();
+        pooled.options(format!(
+            "{given} -c synchronous_commit=on -c statement_timeout={ms} -c lock_timeout={ms}"
+        ));
         let mgr = Manager::from_config(
-            cfg.clone(),
+            pooled,
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -318,13 +337,26 @@ impl PgJournal {
             .build()
             .map_err(|e| JournalError::Database(e.to_string()))?;
         let mut client = pool.get().await.map_err(pool_reason)?;
-        client
-            .batch_execute(SCHEMA)
+        // Created here only when missing, so a role without CREATE can serve a database
+        // prepared by `krr journal init`.
+        let ready: bool = client
+            .query_one(
+                "SELECT to_regclass('krr_journal') IS NOT NULL \
+                    AND to_regclass('krr_journal_head') IS NOT NULL",
+                &[],
+            )
             .await
-            .map_err(|e| JournalError::Database(reason(&e)))?;
+            .map_err(|e| JournalError::Database(reason(&e)))?
+            .get(0);
+        if !ready {
+            client
+                .batch_execute(SCHEMA)
+                .await
+                .map_err(|e| JournalError::Database(reason(&e)))?;
+        }
         client
             .execute(
-                "UPDATE krr_journal_head SET last_seq = greatest(last_seq, $1)",
+                "UPDATE krr_journal_head SET last_seq = $1 WHERE last_seq < $1",
                 &[&(after_seq as i64)],
             )
             .await
@@ -336,7 +368,7 @@ impl PgJournal {
         ));
         let stats = Arc::new(JournalStats::default());
         stats.last_seq.store(head, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(
             rx,
             pool.clone(),
@@ -376,13 +408,22 @@ impl Backend for PgJournal {
     fn append(&self, change: Change) -> BoxFuture<'_, Result<Entry, JournalError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            self.tx
+            let sent = self
+                .tx
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .ok_or(JournalError::Closed)?
-                .send(Request { change, reply })
-                .map_err(|_| JournalError::Closed)?;
+                .try_send(Request { change, reply });
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(JournalError::Unavailable(
+                        "too many changes are waiting for the database".into(),
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
+            }
             rx.await.map_err(|_| JournalError::Closed)?
         })
     }
@@ -432,8 +473,28 @@ async fn commit(
     pool: &Pool,
     persons: &[i64],
     spraak: &[&str],
+    timeout: Duration,
 ) -> Result<(u64, Timestamp), JournalError> {
-    let client = pool.get().await.map_err(pool_reason)?;
+    let client = tokio::time::timeout(timeout, pool.get())
+        .await
+        .map_err(|_| JournalError::Unavailable("no connection to the database in time".into()))?
+        .map_err(pool_reason)?;
+    match tokio::time::timeout(timeout, commit_on(&client, persons, spraak)).await {
+        Ok(r) => r,
+        Err(_) => {
+            // Its statement may still be running: never hand this connection to the next
+            // group. Closing it makes the server abort what has not committed.
+            drop(deadpool_postgres::Object::take(client));
+            Err(JournalError::Timeout)
+        }
+    }
+}
+
+async fn commit_on(
+    client: &deadpool_postgres::Client,
+    persons: &[i64],
+    spraak: &[&str],
+) -> Result<(u64, Timestamp), JournalError> {
     let db = |e: tokio_postgres::Error| match e.as_db_error() {
         Some(_) => JournalError::Database(reason(&e)),
         None => JournalError::Unavailable(reason(&e)),
@@ -449,7 +510,7 @@ async fn commit(
 }
 
 async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    mut rx: mpsc::Receiver<Request>,
     pool: Pool,
     apply: SharedApply,
     stats: Arc<JournalStats>,
@@ -475,13 +536,7 @@ async fn write_loop(
             })
             .collect();
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(opts.timeout, commit(&pool, &persons, &spraak)).await {
-                Ok(r) => r,
-                Err(_) => Err(JournalError::Unavailable(
-                    "the database did not commit in time; the change may or may not be made".into(),
-                )),
-            };
+        let result = commit(&pool, &persons, &spraak, opts.timeout).await;
         let took = started.elapsed();
         match result {
             Ok((last, at)) => {
@@ -515,12 +570,22 @@ async fn write_loop(
                 for r in batch.drain(..) {
                     let _ = r.reply.send(Err(match &e {
                         JournalError::Unavailable(m) => JournalError::Unavailable(m.clone()),
+                        JournalError::Timeout => JournalError::Timeout,
                         other => JournalError::Database(other.to_string()),
                     }));
                 }
             }
         }
     }
+}
+
+/// Longest a follower query may take (a half-open connection must not stall it).
+const FOLLOW_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Result<T, JournalError> {
+    tokio::time::timeout(FOLLOW_QUERY_TIMEOUT, f)
+        .await
+        .map_err(|_| JournalError::Unavailable("the database did not answer in time".into()))
 }
 
 /// The follower (see the module doc): runs until aborted, reconnecting with a back-off.
@@ -583,19 +648,42 @@ async fn follow_once(
             .await
             .map_err(db)?;
         let stmt = client.prepare(SINCE).await.map_err(db)?;
-        link.backoff = Duration::from_millis(100);
-        if let Some(t) = link.down_since.take() {
-            tracing::info!(
-                down_ms = t.elapsed().as_millis() as u64,
-                "journal follower reconnected; reading what it missed"
+        let head: i64 = bounded(client.query_one("SELECT last_seq FROM krr_journal_head", &[]))
+            .await?
+            .map_err(db)?
+            .get(0);
+        let head = head.max(0) as u64;
+        let after = applied.load(Ordering::Acquire);
+        if head < after {
+            // Only a restore or a failover to a standby that lacked acknowledged commits
+            // does this; sequence numbers will be handed out again.
+            tracing::error!(
+                head,
+                applied = after,
+                "the journal database is behind what this replica has applied (restored, or \
+                 failed over without a synchronous standby): acknowledged changes may be lost; \
+                 following from its head"
             );
+            metrics::counter!(crate::metrics::JOURNAL_REWOUND).increment(1);
+            applied.store(head, Ordering::Release);
         }
+        let mut caught_up = false;
         loop {
             let after = applied.load(Ordering::Acquire);
-            let rows = client
-                .query(&stmt, &[&(after as i64), &PAGE])
-                .await
+            let rows = bounded(client.query(&stmt, &[&(after as i64), &PAGE]))
+                .await?
                 .map_err(db)?;
+            if !caught_up {
+                caught_up = true;
+                link.backoff = Duration::from_millis(100);
+                if let Some(t) = link.down_since.take() {
+                    tracing::info!(
+                        down_ms = t.elapsed().as_millis() as u64,
+                        missed = rows.len(),
+                        "journal follower reconnected and read what it missed"
+                    );
+                }
+            }
             if !rows.is_empty() {
                 let entries = rows.iter().map(row_entry).collect::<Result<Vec<_>, _>>()?;
                 let first = entries[0].seq;
@@ -628,4 +716,47 @@ async fn follow_once(
     .await;
     driver.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_logged_without_secrets() {
+        let c = config(
+            "postgres://krr:s3cret@db.internal:5433/krr",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(describe(&c), "postgres db.internal:5433/krr");
+        assert_eq!(c.get_application_name(), Some("krr"));
+        let err = config("postgres://db.internal:port/krr", Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the journal database refused: the journal URL is not valid: "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_unavailable_not_a_hang() {
+        // A port nothing listens on: refused at once, reported as unavailable (→ 503).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://krr@127.0.0.1:{port}/krr");
+        let started = Instant::now();
+        let err = PgJournal::open(&url, 0, PgOptions::default(), Arc::new(|_: &[Entry]| {}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, JournalError::Unavailable(m) if m.contains("Connection refused")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }

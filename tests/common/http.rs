@@ -344,7 +344,8 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 /// True when `text` holds a personal number's shape: a run of exactly 11 digits that is
-/// not the fraction of a decimal number (metric values and durations have long fractions).
+/// not the fraction of a decimal number (metric values and durations have long fractions)
+/// and not inside a 16-hex-digit snapshot id.
 pub fn has_personal_number(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
@@ -357,7 +358,13 @@ pub fn has_personal_number(text: &str) -> bool {
         while i < b.len() && b[i].is_ascii_digit() {
             i += 1;
         }
-        if i - start == 11 && (start == 0 || b[start - 1] != b'.') {
+        // A snapshot id is 16 hex digits; a run of 11 decimal digits inside one is not a
+        // personal number.
+        let hex = |c: &u8| c.is_ascii_hexdigit();
+        let token_start = start - b[..start].iter().rev().take_while(|c| hex(c)).count();
+        let token_end = i + b[i..].iter().take_while(|c| hex(c)).count();
+        let snapshot_id = token_end - token_start == 16;
+        if i - start == 11 && (start == 0 || b[start - 1] != b'.') && !snapshot_id {
             return true;
         }
     }
