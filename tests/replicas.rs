@@ -672,42 +672,37 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     for p in &pids[..40] {
         expected.push((p.clone(), language(addrs[0], p).await));
     }
-    let folded = root.join("folded.krr");
-    let err = krr(
-        &[
-            "snapshot",
-            "build",
-            "--input",
-            export,
-            "--journal-url",
-            &pg.url(),
-            "--out",
-            folded.to_str().unwrap(),
-            "--build-time",
-            "2026-11-02T00:00:00Z",
-        ],
-        &env,
-        true,
-    );
-    assert!(err.contains("folded up to sequence"), "{err}");
-    let err = krr(
-        &[
-            "snapshot",
-            "publish",
-            folded.to_str().unwrap(),
-            "--to",
-            "s3://krr/prod",
-        ],
-        &env,
-        true,
-    );
-    let folded_id = err.split_whitespace().nth(1).unwrap().to_string();
-    let published = Instant::now();
+    // tools/nightly in its replicated mode: build with the database's journal, publish
+    // once, wait for every replica to serve it, then compact the table.
+    let mut nightly = Command::new("tools/nightly");
+    nightly
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--export", export, "--journal-url", &pg.url()])
+        .args(["--publish", "s3://krr/prod", "--wait", "30"])
+        .args(["--krr", env!("CARGO_BIN_EXE_krr")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("KRR_LOG", "info");
     for r in &replicas {
-        while !serves(r, &folded_id).await {
-            assert!(published.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        nightly.args(["--admin", &r.bin.admin.to_string()]);
+    }
+    let published = Instant::now();
+    let out = nightly.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let said = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "tools/nightly failed: {said}");
+    assert!(said.contains("folded up to sequence"), "{said}");
+    assert!(said.contains("journal rows removed"), "{said}");
+    let folded_id = said
+        .lines()
+        .find_map(|l| l.strip_prefix("published ")?.split_whitespace().next())
+        .expect("the publish line")
+        .to_string();
+    eprintln!(
+        "tools/nightly (build with the journal, publish, all three serve it, compact): {:?}",
+        published.elapsed()
+    );
+    for r in &replicas {
+        assert!(serves(r, &folded_id).await);
         assert_eq!(
             metric(&metrics(r).await, "krr_overlay_entries", ""),
             Some(0.0)
@@ -718,19 +713,6 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
             assert_eq!(&language(addr, p).await, lang);
         }
     }
-    let err = krr(
-        &[
-            "journal",
-            "compact",
-            "--journal-url",
-            &pg.url(),
-            "--snapshot",
-            folded.to_str().unwrap(),
-        ],
-        &env,
-        true,
-    );
-    assert!(err.contains("journal rows removed"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_krr"))
         .args(["journal", "inspect", "--journal-url", &pg.url()])
         .output()
@@ -764,8 +746,9 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     );
     assert!(err.contains("CURRENT names a newer snapshot"), "{err}");
 
-    // A corrupt object behind the pointer (a newer build, damaged after `publish` would
-    // have verified it, written straight to the bucket): refused, the fold stays served.
+    // A corrupt object behind the pointer (a build dated after the nightly one, damaged
+    // after `publish` would have verified it, written straight to the bucket): refused,
+    // the fold stays served.
     let newer = root.join("newer.krr");
     krr(
         &[
@@ -776,7 +759,7 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
             "--out",
             newer.to_str().unwrap(),
             "--build-time",
-            "2026-11-03T00:00:00Z",
+            "2030-01-01T00:00:00Z",
         ],
         &env,
         true,
