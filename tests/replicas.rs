@@ -178,12 +178,26 @@ struct S3 {
 impl S3 {
     async fn start(bucket: &str) -> S3 {
         let port = free_port();
+        let args = [
+            "-H".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server is installed (the CI image ships moto)");
+            .or_else(|_| {
+                Command::new("python3")
+                    .args(["-m", "moto.server"])
+                    .args(&args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .expect("moto is installed (the CI image ships it; .ci/run installs it if not)");
         let s3 = S3 {
             _child: KillOnDrop(child),
             port,
