@@ -127,15 +127,7 @@ async fn the_nightly_script_folds_publishes_reloads_and_compacts() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let a = call(
-        bin.admin,
-        Method::GET,
-        "/health/readiness",
-        &[],
-        Vec::<u8>::new(),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(readiness(bin.admin).await, StatusCode::OK);
     let left: Vec<_> = std::fs::read_dir(dir.path().join("snapshots/.staging"))
         .unwrap()
         .collect();

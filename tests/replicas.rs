@@ -248,6 +248,26 @@ impl S3 {
     }
 }
 
+/// `krr snapshot build` of `export` at `build_time` (RFC 3339) into `out`.
+fn build(export: &str, out: &str, build_time: &str) {
+    let args = ["snapshot", "build", "--input", export, "--out", out];
+    krr(
+        &[&args[..], &["--build-time", build_time]].concat(),
+        &[],
+        true,
+    );
+}
+
+/// `krr snapshot publish` of `file` to the test bucket; returns stderr.
+fn publish(file: &Path, env: &[(&str, String)], ok: bool) -> String {
+    let file = file.to_str().unwrap();
+    krr(
+        &["snapshot", "publish", file, "--to", "s3://krr/prod"],
+        env,
+        ok,
+    )
+}
+
 /// Runs the `krr` CLI with `env`; returns stderr, asserting success when `ok`.
 fn krr(args: &[&str], env: &[(&str, String)], ok: bool) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_krr"))
@@ -404,15 +424,10 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         .map(|i| spawn_replica(&root.join(format!("r{i}")), &pg, &s3))
         .collect();
     for r in &replicas {
-        let a = call(
-            r.bin.admin,
-            Method::GET,
-            "/health/readiness",
-            &[],
-            Vec::<u8>::new(),
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            readiness(r.bin.admin).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     // A corrupt file is never uploaded.
@@ -421,47 +436,14 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&bad, &bytes).unwrap();
-    let err = krr(
-        &[
-            "snapshot",
-            "publish",
-            bad.to_str().unwrap(),
-            "--to",
-            "s3://krr/prod",
-        ],
-        &env,
-        false,
-    );
+    let err = publish(&bad, &env, false);
     assert!(err.contains("checksum"), "{err}");
 
     // One publish reaches all three.
     let first = root.join("first.krr");
-    krr(
-        &[
-            "snapshot",
-            "build",
-            "--input",
-            export,
-            "--out",
-            first.to_str().unwrap(),
-            "--build-time",
-            "2026-11-01T00:00:00Z",
-        ],
-        &env,
-        true,
-    );
+    build(export, first.to_str().unwrap(), "2026-11-01T00:00:00Z");
     let published = Instant::now();
-    let err = krr(
-        &[
-            "snapshot",
-            "publish",
-            first.to_str().unwrap(),
-            "--to",
-            "s3://krr/prod",
-        ],
-        &env,
-        true,
-    );
+    let err = publish(&first, &env, true);
     let first_id = err.split_whitespace().nth(1).unwrap().to_string();
     let mut reached = Vec::new();
     for r in &replicas {
@@ -747,37 +729,14 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
             .push(metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap_or(0.0));
     }
     // An older snapshot is not published over a newer one.
-    let err = krr(
-        &[
-            "snapshot",
-            "publish",
-            first.to_str().unwrap(),
-            "--to",
-            "s3://krr/prod",
-        ],
-        &env,
-        false,
-    );
+    let err = publish(&first, &env, false);
     assert!(err.contains("CURRENT names a newer snapshot"), "{err}");
 
     // A corrupt object behind the pointer (a build dated after the nightly one, damaged
     // after `publish` would have verified it, written straight to the bucket): refused,
     // the fold stays served.
     let newer = root.join("newer.krr");
-    krr(
-        &[
-            "snapshot",
-            "build",
-            "--input",
-            export,
-            "--out",
-            newer.to_str().unwrap(),
-            "--build-time",
-            "2030-01-01T00:00:00Z",
-        ],
-        &env,
-        true,
-    );
+    build(export, newer.to_str().unwrap(), "2030-01-01T00:00:00Z");
     let mut junk = std::fs::read(&newer).unwrap();
     let n = junk.len();
     junk[n / 2] ^= 0x55;
@@ -806,15 +765,7 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(serves(r, &folded_id).await);
-        let a = call(
-            r.bin.admin,
-            Method::GET,
-            "/health/readiness",
-            &[],
-            Vec::<u8>::new(),
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(readiness(r.bin.admin).await, StatusCode::OK);
     }
 
     // A pointer that is not one: logged, retried, the fold stays served.

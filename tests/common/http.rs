@@ -312,6 +312,19 @@ pub fn check_error(a: &Answer, status: u16, message: &str) {
     assert_eq!(a.header("content-type"), "application/json");
 }
 
+/// The readiness status of the admin listener at `addr`.
+pub async fn readiness(addr: SocketAddr) -> StatusCode {
+    call(
+        addr,
+        Method::GET,
+        "/health/readiness",
+        &[],
+        Vec::<u8>::new(),
+    )
+    .await
+    .status
+}
+
 pub async fn admin(s: &Server, method: Method, path: &str) -> Answer {
     call(s.admin, method, path, &[], Vec::<u8>::new()).await
 }
