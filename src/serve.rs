@@ -109,7 +109,9 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     };
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
-    if config.snapshot_url.is_some() {
+    if let Some(url) = &config.snapshot_url {
+        // A malformed URL stops the start here, before anything is bound or opened.
+        crate::remote::Remote::new(url)?;
         // Downloads land here; the watcher needs it to exist.
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(

@@ -223,6 +223,60 @@ fn serve_refuses_to_start_without_trust() {
 }
 
 #[test]
+fn serve_refuses_bad_journal_and_snapshot_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snapshots");
+    let jwks = fixture("keys/jwks.json");
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--snapshot-dir",
+            p(&snaps),
+            "--jwks-file",
+            &jwks,
+            "--issuer",
+            "https://maskinporten.no/",
+        ];
+        args.extend_from_slice(extra);
+        let o = krr(&args);
+        assert!(!o.status.success());
+        text(&o.stderr)
+    };
+    let err = serve(&["--journal-url", "postgres://db.internal:port/krr"]);
+    assert!(err.contains("the journal URL is not valid"), "{err}");
+    let err = serve(&["--snapshot-url", "https://bucket.example/prod"]);
+    assert!(
+        err.contains(
+            "snapshot URL https://bucket.example/prod: only s3://bucket/prefix is supported"
+        ),
+        "{err}"
+    );
+    // Nothing listens on this port: the start fails at once, naming the database, not
+    // the user or password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://krr:s3cret@127.0.0.1:{port}/krr");
+    let err = serve(&["--journal-url", &url]);
+    assert!(err.contains("opening the journal database"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let o = krr(&["snapshot", "publish", p(&snaps), "--to", "file:///tmp/x"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("only s3://bucket/prefix is supported"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn token_mints_a_signed_jwt_with_the_claims_asked_for() {
     let key = fixture("keys/issuer-rsa.pem");
     let o = krr(&[
