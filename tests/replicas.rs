@@ -493,6 +493,45 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         lags.last().unwrap()
     );
 
+    // The followers' connections cut (their NOTIFYs lost with them) while replica 1 takes
+    // changes: reading by sequence number after the reconnect misses none.
+    let (db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let cut = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'krr-follower'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 3, "one listening connection a replica");
+    let mut changed = Vec::new();
+    for (i, pid) in pids[40..44].iter().enumerate() {
+        let current = language(a1, pid).await.unwrap_or_default();
+        let lang = other(&current, i);
+        assert_eq!(
+            patch(a1, pid, lang).await.unwrap().status,
+            StatusCode::NO_CONTENT
+        );
+        changed.push((pid.clone(), lang));
+    }
+    for (pid, lang) in &changed {
+        for addr in [a2, a3] {
+            until_seen(addr, pid, lang, Duration::from_secs(10)).await;
+        }
+    }
+    let back = db
+        .query(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'krr-follower'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 3, "every follower reconnected");
+
     // Kill replica 2 while it takes PATCHes: everything it acknowledged stays.
     let victim = replicas.remove(1);
     let victim_api = victim.bin.api;

@@ -376,8 +376,11 @@ impl PgJournal {
             stats.clone(),
             opts,
         ));
+        let mut listening = cfg;
+        // Told apart from the pool's sessions in pg_stat_activity.
+        listening.application_name("krr-follower");
         let follower = tokio::spawn(follow(
-            cfg,
+            listening,
             apply,
             applied.clone(),
             stats.clone(),
