@@ -39,6 +39,16 @@ const KEEP: usize = 2;
 /// Multipart upload part size.
 const PART: usize = 16 << 20;
 
+/// A downloaded object whose size is not the one `CURRENT` gives (truncated or replaced):
+/// refused like a corrupt snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} is {got} bytes, the pointer says {want}")]
+pub struct WrongSize {
+    key: String,
+    got: u64,
+    want: u64,
+}
+
 /// What `CURRENT` says.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pointer {
@@ -198,6 +208,56 @@ impl Remote {
         Ok(pointer)
     }
 
+    /// Downloads what `p` names into `dir` unless it is there already; returns the file
+    /// when it downloaded one.
+    pub async fn catch_up(&self, p: &Pointer, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+        if dir.join(format!("{}.krr", p.id)).exists() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let file = self.download(p, dir).await?;
+        tracing::info!(
+            snapshot = %p.id,
+            bytes = p.size,
+            millis = started.elapsed().as_millis() as u64,
+            "snapshot downloaded from object storage"
+        );
+        Ok(Some(file))
+    }
+
+    /// At start, before the directory is read: brings it up to what `CURRENT` names, so a
+    /// replica that was down through a publish (and a compaction of the journal) does not
+    /// first serve its older snapshot. Storage that does not answer within `wait` is
+    /// logged and the directory served as it is.
+    pub async fn catch_up_at_start(&self, dir: &Path, wait: Duration) {
+        let pointer = match tokio::time::timeout(wait, self.pointer()).await {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    url = self.url(),
+                    cause = format!("{e:#}"),
+                    "snapshot storage unreadable at start; serving the snapshot directory as it is"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    url = self.url(),
+                    "snapshot storage did not answer at start; serving the snapshot directory as it is"
+                );
+                return;
+            }
+        };
+        if let Err(e) = self.catch_up(&pointer, dir).await {
+            tracing::warn!(
+                url = self.url(),
+                cause = format!("{e:#}"),
+                "cannot download the published snapshot at start; serving the snapshot directory as it is"
+            );
+        }
+    }
+
     /// What `CURRENT` names (`None` while nothing is published).
     pub async fn pointer(&self) -> anyhow::Result<Option<Pointer>> {
         match self.store.get(&self.key(POINTER)).await {
@@ -242,7 +302,12 @@ impl Remote {
         drop(out);
         if written != p.size {
             let _ = tokio::fs::remove_file(&part).await;
-            anyhow::bail!("{} is {written} bytes, the pointer says {}", p.key, p.size);
+            return Err(WrongSize {
+                key: p.key.clone(),
+                got: written,
+                want: p.size,
+            }
+            .into());
         }
         tokio::fs::rename(&part, &done).await?;
         tokio::fs::File::open(dir).await?.sync_all().await?;
@@ -286,16 +351,15 @@ async fn step(
     {
         return Ok(());
     }
-    let file = reloader.dir().join(format!("{}.krr", p.id));
-    if !file.exists() {
-        let started = std::time::Instant::now();
-        remote.download(&p, reloader.dir()).await?;
-        tracing::info!(
-            snapshot = %p.id,
-            bytes = p.size,
-            millis = started.elapsed().as_millis() as u64,
-            "snapshot downloaded from object storage"
-        );
+    match remote.catch_up(&p, reloader.dir()).await {
+        Ok(_) => {}
+        Err(e) if e.downcast_ref::<WrongSize>().is_some() => {
+            tracing::warn!(snapshot = %p.id, cause = %e, "the published snapshot is refused");
+            metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+            *failed_id = Some(p.id);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
     }
     let outcome = reloader.reload("object storage").await;
     if reloader.served_id().as_deref() == Some(p.id.as_str()) {

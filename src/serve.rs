@@ -111,7 +111,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     let _ = crate::metrics::handle();
     if let Some(url) = &config.snapshot_url {
         // A malformed URL stops the start here, before anything is bound or opened.
-        crate::remote::Remote::new(url)?;
+        let remote = crate::remote::Remote::new(url)?;
         // Downloads land here; the watcher needs it to exist.
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(
@@ -119,6 +119,9 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
                 config.snapshot_dir.display()
             )
         })?;
+        remote
+            .catch_up_at_start(&config.snapshot_dir, Duration::from_secs(15))
+            .await;
     }
     let store = Arc::new(Store::empty());
     match store.load_newest(&config.snapshot_dir) {

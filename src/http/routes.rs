@@ -474,7 +474,7 @@ async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Resp, 
             tracing::warn!("journal database did not answer in time");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the journal database did not answer in time; the change may or may not have been made, setting it again is safe",
+                "the journal database did not confirm the change; it may or may not have been made, setting it again is safe",
             ))
         }
         Err(JournalError::Unavailable(cause)) => {

@@ -368,6 +368,8 @@ impl PgJournal {
         ));
         let stats = Arc::new(JournalStats::default());
         stats.last_seq.store(head, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ)
+            .set(applied.load(Ordering::Relaxed) as f64);
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(
             rx,
@@ -421,6 +423,7 @@ impl Backend for PgJournal {
             match sent {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!(crate::metrics::JOURNAL_FAILURES).increment(1);
                     return Err(JournalError::Unavailable(
                         "too many changes are waiting for the database".into(),
                     ));
@@ -498,15 +501,23 @@ async fn commit_on(
     persons: &[i64],
     spraak: &[&str],
 ) -> Result<(u64, Timestamp), JournalError> {
-    let db = |e: tokio_postgres::Error| match e.as_db_error() {
+    let before = |e: tokio_postgres::Error| match e.as_db_error() {
         Some(_) => JournalError::Database(reason(&e)),
         None => JournalError::Unavailable(reason(&e)),
     };
-    let stmt = client.prepare_cached(APPEND).await.map_err(db)?;
+    let stmt = client.prepare_cached(APPEND).await.map_err(before)?;
+    // Once the statement may have been sent, a lost connection leaves its outcome unknown.
+    let during = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(_) => JournalError::Database(reason(&e)),
+        None => {
+            tracing::warn!(cause = %reason(&e), "the journal database connection failed during a commit");
+            JournalError::Timeout
+        }
+    };
     let row = client
         .query_one(&stmt, &[&persons, &spraak])
         .await
-        .map_err(db)?;
+        .map_err(during)?;
     let last: i64 = row.get(0);
     let at: i64 = row.get(1);
     Ok((last as u64, Timestamp(at)))
@@ -669,6 +680,7 @@ async fn follow_once(
             );
             metrics::counter!(crate::metrics::JOURNAL_REWOUND).increment(1);
             applied.store(head, Ordering::Release);
+            metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(head as f64);
         }
         let mut caught_up = false;
         loop {
