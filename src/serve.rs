@@ -69,6 +69,8 @@ pub struct Prepared {
     pub admin: Option<TcpListener>,
     /// Shared state.
     pub state: Arc<AppState>,
+    /// The object storage followed for snapshots (`--snapshot-url`).
+    pub remote: Option<crate::remote::Remote>,
 }
 
 /// Checks the configuration, loads keys and the newest snapshot, binds the listener.
@@ -109,9 +111,12 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
     };
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
-    if let Some(url) = &config.snapshot_url {
+    let remote = match &config.snapshot_url {
         // A malformed URL stops the start here, before anything is bound or opened.
-        let remote = crate::remote::Remote::new(url)?;
+        Some(url) => Some(crate::remote::Remote::new(url)?),
+        None => None,
+    };
+    if let Some(remote) = &remote {
         // Downloads land here; the watcher needs it to exist.
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(
@@ -178,6 +183,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         listener,
         admin,
         state,
+        remote,
     })
 }
 
@@ -268,6 +274,7 @@ pub async fn run_prepared(config: &ServeConfig, prepared: Prepared) -> anyhow::R
         listener,
         admin,
         state,
+        remote,
     } = prepared;
     let snapshot = state.store.current();
     tracing::info!(
@@ -318,14 +325,8 @@ pub async fn run_prepared(config: &ServeConfig, prepared: Prepared) -> anyhow::R
     } else {
         None
     };
-    let follower = match &config.snapshot_url {
-        Some(url) => Some(crate::remote::follow(
-            crate::remote::Remote::new(url)?,
-            reloader.clone(),
-            config.snapshot_poll,
-        )),
-        None => None,
-    };
+    let follower =
+        remote.map(|remote| crate::remote::follow(remote, reloader.clone(), config.snapshot_poll));
     sd_notify("READY=1");
 
     let draining = state.clone();

@@ -228,6 +228,21 @@ impl S3 {
             .unwrap();
     }
 
+    /// Uploads `body` as snapshot `id` and points `CURRENT` at it, claiming `size` bytes,
+    /// past `publish` (which would verify it).
+    async fn point_at(&self, id: &str, body: Vec<u8>, size: usize, build_time: i64) {
+        self.put_signed(&format!("prod/snapshots/{id}.krr"), body)
+            .await;
+        let pointer = serde_json::json!({
+            "id": id,
+            "key": format!("snapshots/{id}.krr"),
+            "size": size,
+            "build_time": build_time,
+        });
+        self.put_signed("prod/CURRENT", pointer.to_string().into_bytes())
+            .await;
+    }
+
     /// An unsigned PUT (moto does not check signatures): makes a bucket.
     async fn put(&self, path: &str, body: Vec<u8>) -> Option<Answer> {
         try_call(self.addr(), Method::PUT, path, &[], body).await
@@ -313,6 +328,23 @@ fn spawn_replica(dir: &Path, pg: &Postgres, s3: &S3) -> Replica {
 async fn metrics(r: &Replica) -> String {
     let a = call(r.bin.admin, Method::GET, "/metrics", &[], Vec::<u8>::new()).await;
     String::from_utf8(a.body).unwrap()
+}
+
+/// The replica's `krr_snapshot_refusals_total`.
+async fn refusals(r: &Replica) -> f64 {
+    metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap_or(0.0)
+}
+
+/// Waits until the replica has refused more snapshots than `before`.
+async fn until_refused(r: &Replica, before: f64) {
+    let started = Instant::now();
+    while refusals(r).await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refusal counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn serves(r: &Replica, id: &str) -> bool {
@@ -782,8 +814,7 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
 
     let mut refusals_before = Vec::new();
     for r in &replicas {
-        refusals_before
-            .push(metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap_or(0.0));
+        refusals_before.push(refusals(r).await);
     }
     // An older snapshot is not published over a newer one.
     let err = publish(&first, &env, false);
@@ -797,63 +828,25 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     let mut junk = std::fs::read(&newer).unwrap();
     let n = junk.len();
     junk[n / 2] ^= 0x55;
-    let junk_id = "00000000deadbeef";
-    s3.put_signed(&format!("prod/snapshots/{junk_id}.krr"), junk.clone())
-        .await;
-    let pointer = serde_json::json!({
-        "id": junk_id,
-        "key": format!("snapshots/{junk_id}.krr"),
-        "size": junk.len(),
-        "build_time": 1_900_000_000,
-    });
-    s3.put_signed("prod/CURRENT", pointer.to_string().into_bytes())
+    s3.point_at("00000000deadbeef", junk.clone(), junk.len(), 1_900_000_000)
         .await;
     for (r, before) in replicas.iter().zip(refusals_before) {
-        let started = Instant::now();
-        loop {
-            let m = metrics(r).await;
-            if metric(&m, "krr_snapshot_refusals_total", "").unwrap_or(0.0) > before {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no refusal counted"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_refused(r, before).await;
         assert!(serves(r, &folded_id).await);
         assert_eq!(readiness(r.bin.admin).await, StatusCode::OK);
     }
 
     // A pointer whose size is not its object's (a truncated upload): refused without a
     // swap, counted, not fetched again.
-    let refusals: Vec<f64> = {
-        let mut v = Vec::new();
-        for r in &replicas {
-            v.push(metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap());
-        }
-        v
-    };
+    let mut refused = Vec::new();
+    for r in &replicas {
+        refused.push(refusals(r).await);
+    }
     let short_id = "00000000deadbee2";
-    s3.put_signed(&format!("prod/snapshots/{short_id}.krr"), junk.clone())
+    s3.point_at(short_id, junk.clone(), junk.len() + 1, 1_900_000_001)
         .await;
-    let pointer = serde_json::json!({
-        "id": short_id,
-        "key": format!("snapshots/{short_id}.krr"),
-        "size": junk.len() + 1,
-        "build_time": 1_900_000_001,
-    });
-    s3.put_signed("prod/CURRENT", pointer.to_string().into_bytes())
-        .await;
-    for (r, before) in replicas.iter().zip(refusals.iter().copied()) {
-        let started = Instant::now();
-        while metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap() <= before {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no refusal counted"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    for (r, before) in replicas.iter().zip(refused.iter().copied()) {
+        until_refused(r, before).await;
         assert!(serves(r, &folded_id).await);
         let left: Vec<String> = std::fs::read_dir(r.dir.join("snapshots"))
             .unwrap()
@@ -864,9 +857,8 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     }
     // Not fetched again at the next polls.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for (r, before) in replicas.iter().zip(&refusals) {
-        let now = metric(&metrics(r).await, "krr_snapshot_refusals_total", "").unwrap();
-        assert_eq!(now, before + 1.0);
+    for (r, before) in replicas.iter().zip(&refused) {
+        assert_eq!(refusals(r).await, before + 1.0);
     }
 
     // A pointer that is not one: logged, retried, the fold stays served.

@@ -71,8 +71,8 @@ pub enum JournalError {
     /// Another process (or writer) holds the journal.
     #[error("journal {0} is in use by another process (its LOCK file is locked)")]
     Locked(PathBuf),
-    /// The journal database could not be reached or did not answer in time; the change was
-    /// not acknowledged.
+    /// The journal database could not be reached (or too many changes wait for it); the
+    /// change was not made.
     #[error("the journal database is unavailable: {0}")]
     Unavailable(String),
     /// The journal database did not answer in time: the change may or may not have been

@@ -29,7 +29,7 @@
 //! happened; the follower then applies it like any other change, and a client that retries
 //! sets the same language again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,6 @@ pub struct PgJournal {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     pool: Pool,
     stats: Arc<JournalStats>,
-    applied: Arc<AtomicU64>,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
@@ -209,10 +208,14 @@ async fn connect(c: &tokio_postgres::Config) -> Result<tokio_postgres::Client, J
     Ok(client)
 }
 
+/// One connection to `url`, for the commands (init, fold, inspect, compact).
+async fn connect_url(url: &str) -> Result<tokio_postgres::Client, JournalError> {
+    connect(&config(url, PgOptions::default().timeout)?).await
+}
+
 /// Creates the tables if they are missing (idempotent).
 pub async fn init(url: &str) -> Result<(), JournalError> {
-    let c = config(url, PgOptions::default().timeout)?;
-    let client = connect(&c).await?;
+    let client = connect_url(url).await?;
     client
         .batch_execute(SCHEMA)
         .await
@@ -280,16 +283,14 @@ async fn read_since(
 /// Reads the whole journal at `url` (for `krr snapshot build --journal-url`): every entry
 /// in order and the last sequence number handed out.
 pub async fn read_all(url: &str) -> Result<(Vec<Entry>, u64), JournalError> {
-    let c = config(url, PgOptions::default().timeout)?;
-    let mut client = connect(&c).await?;
+    let mut client = connect_url(url).await?;
     read_since(&mut client, 0).await
 }
 
 /// Deletes the rows a snapshot holds (`seq <= folded_seq`); returns how many. The head
 /// keeps the sequence going.
 pub async fn compact(url: &str, folded_seq: u64) -> Result<u64, JournalError> {
-    let c = config(url, PgOptions::default().timeout)?;
-    let client = connect(&c).await?;
+    let client = connect_url(url).await?;
     client
         .execute(
             "DELETE FROM krr_journal WHERE seq <= $1",
@@ -363,13 +364,10 @@ impl PgJournal {
             .map_err(|e| JournalError::Database(reason(&e)))?;
         let (entries, head) = read_since(&mut client, after_seq).await?;
         drop(client);
-        let applied = Arc::new(AtomicU64::new(
-            entries.last().map_or(after_seq, |e| e.seq.max(after_seq)),
-        ));
+        let applied = entries.last().map_or(after_seq, |e| e.seq.max(after_seq));
         let stats = Arc::new(JournalStats::default());
         stats.last_seq.store(head, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ)
-            .set(applied.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(applied as f64);
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(
             rx,
@@ -381,19 +379,12 @@ impl PgJournal {
         let mut listening = cfg;
         // Told apart from the pool's sessions in pg_stat_activity.
         listening.application_name("krr-follower");
-        let follower = tokio::spawn(follow(
-            listening,
-            apply,
-            applied.clone(),
-            stats.clone(),
-            opts.poll,
-        ));
+        let follower = tokio::spawn(follow(listening, apply, applied, stats.clone(), opts.poll));
         Ok((
             PgJournal {
                 tx: Mutex::new(Some(tx)),
                 pool,
                 stats,
-                applied,
                 follower: Mutex::new(Some(follower)),
                 runtime: tokio::runtime::Handle::current(),
                 timeout: opts.timeout,
@@ -401,11 +392,6 @@ impl PgJournal {
             },
             entries,
         ))
-    }
-
-    /// The last sequence number this replica has applied from the shared journal.
-    pub fn applied_seq(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
     }
 }
 
@@ -606,7 +592,7 @@ async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Result<T, Journa
 async fn follow(
     cfg: tokio_postgres::Config,
     apply: SharedApply,
-    applied: Arc<AtomicU64>,
+    mut applied: u64,
     stats: Arc<JournalStats>,
     poll: Duration,
 ) {
@@ -615,7 +601,7 @@ async fn follow(
         down_since: None,
     };
     loop {
-        if let Err(e) = follow_once(&cfg, &apply, &applied, &stats, poll, &mut link).await
+        if let Err(e) = follow_once(&cfg, &apply, &mut applied, &stats, poll, &mut link).await
             && link.down_since.is_none()
         {
             tracing::warn!(cause = %e, "journal follower lost the database; reconnecting");
@@ -635,7 +621,7 @@ struct Link {
 async fn follow_once(
     cfg: &tokio_postgres::Config,
     apply: &SharedApply,
-    applied: &AtomicU64,
+    applied: &mut u64,
     stats: &JournalStats,
     poll: Duration,
     link: &mut Link,
@@ -667,7 +653,7 @@ async fn follow_once(
             .map_err(db)?
             .get(0);
         let head = head.max(0) as u64;
-        let after = applied.load(Ordering::Acquire);
+        let after = *applied;
         if head < after {
             // Only a restore or a failover to a standby that lacked acknowledged commits
             // does this; sequence numbers will be handed out again.
@@ -679,12 +665,12 @@ async fn follow_once(
                  following from its head"
             );
             metrics::counter!(crate::metrics::JOURNAL_REWOUND).increment(1);
-            applied.store(head, Ordering::Release);
+            *applied = head;
             metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(head as f64);
         }
         let mut caught_up = false;
         loop {
-            let after = applied.load(Ordering::Acquire);
+            let after = *applied;
             let rows = bounded(client.query(&stmt, &[&(after as i64), &PAGE]))
                 .await?
                 .map_err(db)?;
@@ -712,7 +698,7 @@ async fn follow_once(
                 }
                 apply(&entries);
                 let last = entries.last().expect("not empty").seq;
-                applied.store(last, Ordering::Release);
+                *applied = last;
                 stats.last_seq.fetch_max(last, Ordering::AcqRel);
                 metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(last as f64);
                 if (rows.len() as i64) == PAGE {

@@ -114,6 +114,7 @@ pub async fn start(opts: Options) -> Server {
         listener,
         admin,
         state,
+        ..
     } = prepare(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin = admin.unwrap();
