@@ -7,13 +7,14 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use krr::fnr::PersonId;
-use krr::lookup::{BatchOptions, write_personer};
+use krr::model::Groups;
 use krr::model::Person;
-use krr::overlay::Overlay;
-use krr::render::{Groups, write_person};
+use krr::model::fnr::PersonId;
+use krr::model::time::Timestamp;
+use krr::render::write_person;
 use krr::snapshot::Snapshot;
-use krr::time::Timestamp;
+use krr::store::lookup::{BatchOptions, write_personer};
+use krr::store::overlay::Overlay;
 
 const BATCH: usize = 1000;
 
@@ -60,7 +61,7 @@ fn batch(c: &mut Criterion) {
                 for (k, &id) in ids.iter().step_by((ids.len() / 100_000).max(1)).enumerate() {
                     overlay.apply(&krr::journal::Entry {
                         seq: k as u64 + 1,
-                        at: krr::time::Timestamp(1_790_000_000),
+                        at: krr::model::time::Timestamp(1_790_000_000),
                         change: krr::journal::Change::SetSpraak {
                             id,
                             spraak: krr::model::Spraak::En,
@@ -94,7 +95,7 @@ fn batch(c: &mut Criterion) {
         |b| {
             // Set up inside the closure, so a filter that skips this bench skips the setup.
             let text = std::fs::read_to_string(common::export(n)).unwrap();
-            let mut parser = krr::source::LineParser::new();
+            let mut parser = krr::snapshot::source::LineParser::new();
             let persons: Vec<Person> = text
                 .lines()
                 .map(|l| parser.parse(l.as_bytes()).unwrap())

@@ -1,4 +1,4 @@
-//! The full HTTP path in process: the real server on loopback (`krr::serve::prepare`, the
+//! The full HTTP path in process: the real server on loopback (`krr::app::prepare`, the
 //! same accept loop, routes, token check and rendering as `krr serve`), a hyper client on a
 //! kept-alive connection in the bench. `POST /rest/v1/personer` with batches of 1, 100 and
 //! 1000 ids, all groups, a fresh draw of ids across the whole snapshot for every request.
@@ -19,12 +19,10 @@ use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use krr::app::{Config, prepare};
 use krr::auth::JwksSource;
-use krr::auth::mint::{MintOptions, mint};
-use krr::fnr::PersonId;
-use krr::http::Limits;
-use krr::journal::JournalOptions;
-use krr::serve::{ServeConfig, prepare};
+use krr::dev::mint::{MintOptions, mint};
+use krr::model::fnr::PersonId;
 use krr::snapshot::Snapshot;
 
 const SCOPES: &str = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read";
@@ -70,25 +68,16 @@ fn http(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("snapshots")).unwrap();
         std::os::unix::fs::symlink(&file, dir.path().join("snapshots/bench.krr")).unwrap();
-        let config = ServeConfig {
+        let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             snapshot_dir: dir.path().join("snapshots"),
             jwks: Some(JwksSource::File(fixtures.join("jwks.json"))),
             issuers: vec!["https://maskinporten.no/".into()],
-            audience: None,
-            signing: None,
-            print: None,
-            limits: Limits::default(),
-            clock_skew: Duration::from_secs(60),
             jwks_refresh: Duration::from_secs(3600),
             journal_dir: dir.path().join("journal"),
-            journal: JournalOptions::default(),
             admin_listen: None,
             watch: false,
-            snapshot_url: None,
-            journal_url: None,
-            pg: krr::journal::pg::PgOptions::default(),
-            snapshot_poll: Duration::from_secs(10),
+            ..Config::default()
         };
         let prepared = rt.block_on(prepare(&config)).unwrap();
         let addr = prepared.listener.local_addr().unwrap();

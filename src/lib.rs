@@ -3,55 +3,59 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data's path through the service:
+//! The modules follow the data's path through the service, and each imports only modules
+//! listed above it here (no cycles):
 //!
 //! ```text
-//! register export (JSONL) ─► source ─► model ─► render ─► snapshot::build ─► *.krr file
-//!                                                                              │ mmap
-//!                          lookup ◄─ store (ArcSwap, hot swap) ◄─ snapshot::load
-//!                             ▲
-//!   PATCH ─► journal (fdatasync, group commit) ─► overlay ─┘     journal ─► snapshot::build
+//! register export (JSONL) ─► snapshot::source ─► model ─► render ─► snapshot::build ─► *.krr
+//!                                                                                 │ mmap
+//!   request ─► http ─► auth ─► store::lookup ◄─ store (ArcSwap) ◄─ store::reload ◄┘
+//!                        │            ▲
+//!   PATCH ───────────────┴► journal ─► store::overlay          journal ─► snapshot::build
 //! ```
 //!
-//! - [`fnr`]: personal numbers: parsing to a compact key, control digits, kinds.
-//! - [`time`]: timestamps as instants, written in Europe/Oslo time.
-//! - [`model`]: the person with every group of the API, and the notification rule.
-//! - [`source`]: one JSON line → a validated person (simd-json), with precise reasons.
-//! - [`render`]: person → JSON segments in the API's key order, never `null`.
-//! - [`snapshot`]: the file format, the builder and the zero-copy loader.
-//! - [`store`]: the hot-swapped handle the service reads through, with the overlay.
-//! - [`journal`]: the durable PATCH journal (group commit, CRC32C frames, recovery).
-//! - [`overlay`]: acknowledged changes not yet in a snapshot, consulted before it.
-//! - [`lookup`]: ids + groups → the `{"personer":[…]}` answer in a reused buffer.
-//! - [`auth`]: OAuth2 access tokens: JWKS, verification, scopes, test-token minting.
-//! - [`http`]: the public API over hyper (routes, errors, `application/jose`).
-//! - [`serve`]: `krr serve` and `krr demo`: configuration, start-up, the quick start.
-//! - [`generate`]: the deterministic synthetic register.
-//! - [`loadtest`]: `krr loadtest`, the HTTP load generator with HdrHistogram latencies.
-//! - [`reload`]: the one reload path (SIGHUP, admin, directory watcher) and the watcher.
-//! - [`metrics`]: Prometheus metrics of the admin listener.
+//! - [`metrics`]: metric names and the process-wide recorder (a leaf: every layer records).
+//! - [`model`]: the domain: personal numbers, Oslo time, the person, the groups a caller may
+//!   see, redaction of personal numbers from messages (a leaf).
+//! - [`render`]: every byte of answer JSON: person → pre-rendered segments, the segments
+//!   of a stored record → a person object, `IKKE_REGISTRERT` persons.
+//! - [`journal`]: the durable PATCH journal: the `Backend` trait, the segment files (group
+//!   commit, CRC32C frames, recovery, compaction) and the PostgreSQL journal of replicas.
+//! - [`snapshot`]: the file format, the export's source format, the builder (with the
+//!   journal folded in), the zero-copy loader, snapshot directories, object storage.
+//! - [`store`]: what is served: the hot-swapped snapshot, the overlay, batch lookups, the
+//!   one reload path, following object storage.
+//! - [`auth`]: OAuth2 access tokens: JWKS, verification, scopes.
+//! - [`ops`]: the scrape step of `/metrics` and the process's signals.
+//! - [`http`]: the public API and the admin listener over hyper (one route table,
+//!   handlers, errors, `application/jose`).
+//! - [`app`]: configuration → a running service (`prepare`, `run`).
+//! - [`dev`]: development only: the synthetic register, test tokens, development keys.
 //!
-//! `ARCHITECTURE.md` has the invariants; `docs/format.md` the bytes of a snapshot.
+//! The `krr` binary (`src/main.rs`, `src/cli/`) parses the command line and calls these;
+//! the load and comparison tools are a crate of their own (`tools/krr-bench`).
+//! `ARCHITECTURE.md` has the invariants; `docs/format.md` the bytes of a snapshot and of
+//! the journal.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod fnr;
-pub mod generate;
-pub mod http;
-pub mod journal;
-pub mod loadtest;
-pub mod lookup;
 pub mod metrics;
 pub mod model;
-pub mod overlay;
-pub mod peers;
-pub mod reload;
-pub mod remote;
+
 pub mod render;
-pub mod serve;
+
+pub mod journal;
 pub mod snapshot;
-pub mod source;
+
 pub mod store;
-pub mod time;
+
+pub mod auth;
+
+pub mod ops;
+
+pub mod http;
+
+pub mod app;
+
+pub mod dev;

@@ -2,15 +2,15 @@
 //!
 //! The `metrics` crate's macros record from anywhere (request path, journal thread, reload
 //! task) into one process-wide recorder from `metrics-exporter-prometheus`; the admin route
-//! renders it as text. No label ever holds a personal number: routes are the fixed API
+//! renders it as text ([`crate::ops::scrape`] brings the gauges read at scrape time up to
+//! date first). This module names the metrics and holds the recorder; it imports nothing
+//! of the crate, so every layer may record. No label ever holds a personal number: routes are the fixed API
 //! paths, token rejections are the fixed reason texts, and the snapshot is named by its
 //! content checksum.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::store::Store;
 
 /// Requests by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "krr_http_requests_total";
@@ -129,37 +129,4 @@ fn describe() {
     describe_counter!(JOURNAL_RECORDS, "changes made durable by the journal");
     describe_gauge!(OVERLAY_ENTRIES, "changed persons not yet in a snapshot");
     describe_gauge!(READY, "1 while the service is ready to answer");
-}
-
-/// Records the served snapshot's gauges (called after every swap).
-pub fn snapshot_published(old: Option<&str>, snapshot: &crate::snapshot::Snapshot) {
-    if let Some(old) = old {
-        metrics::gauge!(SNAPSHOT_INFO, "id" => old.to_string()).set(0.0);
-    }
-    let h = snapshot.header();
-    metrics::gauge!(SNAPSHOT_INFO, "id" => snapshot.id()).set(1.0);
-    metrics::gauge!(SNAPSHOT_BUILD_TIME).set(h.build_time.0 as f64);
-    metrics::gauge!(SNAPSHOT_RECORDS).set(h.counts.records as f64);
-    metrics::gauge!(SNAPSHOT_JOURNAL_SEQ).set(h.journal_seq as f64);
-}
-
-/// The text of `/metrics`, with the gauges that are read at scrape time brought up to date.
-pub fn render(
-    store: &Store,
-    journal: Option<&std::sync::Arc<dyn crate::journal::Backend>>,
-    ready: bool,
-) -> String {
-    let handle = handle();
-    if let Some(s) = store.current().as_ref() {
-        let age = crate::time::Timestamp::now().0 - s.header().build_time.0;
-        metrics::gauge!(SNAPSHOT_AGE).set(age as f64);
-    }
-    metrics::gauge!(OVERLAY_ENTRIES).set(store.overlay().len() as f64);
-    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
-    if let Some(j) = journal {
-        let s = j.stats();
-        metrics::gauge!(JOURNAL_SEQ)
-            .set(s.last_seq.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    }
-    handle.render()
 }

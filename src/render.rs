@@ -15,61 +15,17 @@
 //! ```
 //!
 //! Each segment starts with its own comma, so any subset concatenates into valid JSON.
+//!
+//! Every byte of an answer's JSON is written here: the segments (at build time), a stored
+//! person assembled from its segments ([`write_stored`], at request time), a person not in
+//! the register ([`write_not_registered`]), the `{"personer":[…]}` frame
+//! ([`PERSONER_OPEN`], [`PERSONER_CLOSE`]), the error body ([`write_error`]), the
+//! `printSertifikat` answer ([`write_print_provider`]) and string escaping ([`write_str`]).
 
-use crate::fnr::PersonId;
+use crate::model::Groups;
+use crate::model::fnr::PersonId;
+use crate::model::time::Timestamp;
 use crate::model::{DigitalPost, Kontaktinformasjon, Person, Spraak, Status, Varslingsstatus};
-use crate::time::Timestamp;
-
-/// The set of optional groups a caller may see (reservation and status need no scope).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Groups(u8);
-
-impl Groups {
-    /// No optional group.
-    pub const NONE: Groups = Groups(0);
-    /// `varslingsstatus`.
-    pub const VARSLING: Groups = Groups(1);
-    /// `kontaktinformasjon`.
-    pub const KONTAKT: Groups = Groups(1 << 1);
-    /// `digital_post`.
-    pub const DIGITALPOST: Groups = Groups(1 << 2);
-    /// `sertifikat`.
-    pub const SERTIFIKAT: Groups = Groups(1 << 3);
-    /// `spraak` and `spraak_oppdatert`.
-    pub const SPRAAK: Groups = Groups(1 << 4);
-    /// Every group.
-    pub const ALL: Groups = Groups(0b1_1111);
-
-    /// True when every group of `other` is in `self`.
-    #[inline]
-    pub const fn contains(self, other: Groups) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// The union of two sets.
-    #[inline]
-    pub const fn union(self, other: Groups) -> Groups {
-        Groups(self.0 | other.0)
-    }
-
-    /// True when no group is in the set.
-    #[inline]
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Every one of the 32 possible sets (for exhaustive tests).
-    pub fn every_combination() -> impl Iterator<Item = Groups> {
-        (0..=Groups::ALL.0).map(Groups)
-    }
-}
-
-impl std::ops::BitOr for Groups {
-    type Output = Groups;
-    fn bitor(self, rhs: Groups) -> Groups {
-        self.union(rhs)
-    }
-}
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
@@ -290,12 +246,99 @@ pub fn write_person(p: &Person, varsling: Varslingsstatus, groups: Groups, out: 
     out.push(b'}');
 }
 
+/// Opens a `/personer` answer.
+pub const PERSONER_OPEN: &[u8] = b"{\"personer\":[";
+/// Closes a `/personer` answer.
+pub const PERSONER_CLOSE: &[u8] = b"]}";
+
+/// A person as a snapshot stores it: the segments in answer order (head, varsling,
+/// kontakt, digital post, spraak; the certificate's segment is stored apart, once per
+/// certificate) and their lengths.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    /// The segments, back to back.
+    pub segments: &'a [u8],
+    /// Their lengths, in that order.
+    pub lens: [u16; 5],
+    /// A SLETTET person (never shows a language change).
+    pub slettet: bool,
+}
+
+/// Appends a stored person with `groups` as one JSON object: the wanted segments, the
+/// certificate's segment `cert` (when the caller may see it) before the language, and
+/// `spraak` (an overlay's change) in place of the stored language. The wanted segments are
+/// copied as few contiguous runs (with every group: one run, the certificate, one run),
+/// not one copy per segment.
+#[inline]
+pub fn write_stored(
+    p: Stored<'_>,
+    cert: Option<&[u8]>,
+    groups: Groups,
+    spraak: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    let spraak = spraak.filter(|_| groups.contains(Groups::SPRAAK) && !p.slettet);
+    let wanted = [
+        true,
+        groups.contains(Groups::VARSLING),
+        groups.contains(Groups::KONTAKT),
+        groups.contains(Groups::DIGITALPOST),
+        groups.contains(Groups::SPRAAK) && spraak.is_none(),
+    ];
+    let segs = p.segments;
+    let (mut run, mut at) = (0, 0);
+    for (n, &want) in wanted.iter().enumerate() {
+        if n == 4
+            && let Some(c) = cert
+        {
+            out.extend_from_slice(&segs[run..at]);
+            out.extend_from_slice(c);
+            run = at;
+        }
+        let len = usize::from(p.lens[n]);
+        if !want {
+            out.extend_from_slice(&segs[run..at]);
+            run = at + len;
+        }
+        at += len;
+    }
+    out.extend_from_slice(&segs[run..at]);
+    if let Some(seg) = spraak {
+        out.extend_from_slice(seg);
+    }
+    out.push(b'}');
+}
+
 /// Writes the answer for an id the register does not hold.
 pub fn write_not_registered(id: PersonId, groups: Groups, out: &mut Vec<u8>) {
     write_head(id, None, "IKKE_REGISTRERT", out);
     if groups.contains(Groups::VARSLING) {
         write_varsling(Varslingsstatus::KanIkkeVarsles, out);
     }
+    out.push(b'}');
+}
+
+/// The error body every error answer carries: `{"status","error","message","path"}`
+/// (`path` already free of personal numbers).
+pub fn write_error(status: u16, reason: &str, message: &str, path: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"status\":");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    write_str(reason, out);
+    out.extend_from_slice(b",\"message\":");
+    write_str(message, out);
+    out.extend_from_slice(b",\"path\":");
+    write_str(path, out);
+    out.push(b'}');
+}
+
+/// The `printSertifikat` answer: the provider's organisation number and its certificate
+/// (base64 DER).
+pub fn write_print_provider(orgnr: &str, base64_der: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"postkasseleverandoerAdresse\":");
+    write_str(orgnr, out);
+    out.extend_from_slice(b",\"x509Sertifikat\":");
+    write_str(base64_der, out);
     out.push(b'}');
 }
 

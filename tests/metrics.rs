@@ -1,12 +1,13 @@
 //! Metrics: present, changing, and free of personal numbers. Its own test binary, so the
 //! process-wide recorder holds only what this test did and the values can be exact.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use hyper::{Method, StatusCode};
 
 use common::http::*;
-use krr::auth::mint::MintOptions;
+use krr::dev::mint::MintOptions;
 
 #[tokio::test]
 async fn metrics_are_present_and_change() {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use krr::generate::{DEFAULT_AS_OF, GenerateOptions, generate_file};
+use krr::dev::generate::{DEFAULT_AS_OF, GenerateOptions, generate_file};
 use krr::snapshot::{BuildOptions, build_file};
 
 /// Register sizes to bench, from `KRR_BENCH_SIZES` (comma-separated), default 1M and 5.5M.

@@ -28,6 +28,7 @@ pub enum JwksSource {
 
 /// Why keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JwksError {
     /// Reading the file failed.
     #[error("cannot read JWKS file {path}: {source}")]

@@ -8,4 +8,3 @@ pub mod token;
 pub use jwks::{JwksSource, KeySet, KeyStore};
 pub use scopes::Grants;
 pub use token::{AuthError, Principal, Verifier};
-pub mod mint;

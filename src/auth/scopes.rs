@@ -1,6 +1,6 @@
 //! Scopes → groups, per the table of `api.md`.
 
-use crate::render::Groups;
+use crate::model::Groups;
 
 /// Machine (`global`) read scopes and the groups each grants on `/personer`.
 const GLOBAL: [(&str, Groups); 9] = [

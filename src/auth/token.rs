@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::jwks::{Family, KeyStore};
 use crate::auth::scopes::Grants;
-use crate::fnr::PersonId;
+use crate::model::fnr::PersonId;
 
 /// Why a request is not authenticated. Descriptions are fixed strings: never a token value,
 /// never a personal number.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// No `Authorization: Bearer …` header.
     #[error("missing bearer token")]

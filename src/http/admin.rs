@@ -13,12 +13,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-
-type Resp = Response<Full<Bytes>>;
+use crate::http::request::Resp;
+use crate::http::route::{Route, Verb, dispatch, find};
+use crate::ops::scrape;
+use crate::store::reload::Outcome;
 
 fn json(status: StatusCode, body: Vec<u8>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -39,22 +41,76 @@ fn health(up: bool) -> Resp {
     }
 }
 
+/// The admin listener's handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    /// Liveness: 200 while the process serves.
+    Liveness,
+    /// Readiness: 200 with a snapshot served, 503 before and from shutdown on.
+    Readiness,
+    /// Prometheus text.
+    Metrics,
+    /// Reload now.
+    Reload,
+}
+
+const LIVENESS: &[(Verb, Handler)] = &[(Verb::GetOrHead, Handler::Liveness)];
+const READINESS: &[(Verb, Handler)] = &[(Verb::GetOrHead, Handler::Readiness)];
+
+/// Every admin route.
+pub const ROUTES: &[Route<Handler>] = &[
+    Route {
+        path: "/health/liveness",
+        methods: LIVENESS,
+        allow: "GET",
+    },
+    Route {
+        path: "/actuator/health/liveness",
+        methods: LIVENESS,
+        allow: "GET",
+    },
+    Route {
+        path: "/health/readiness",
+        methods: READINESS,
+        allow: "GET",
+    },
+    Route {
+        path: "/actuator/health/readiness",
+        methods: READINESS,
+        allow: "GET",
+    },
+    Route {
+        path: "/actuator/health",
+        methods: READINESS,
+        allow: "GET",
+    },
+    Route {
+        path: "/metrics",
+        methods: &[(Verb::GetOrHead, Handler::Metrics)],
+        allow: "GET",
+    },
+    Route {
+        path: "/admin/reload",
+        methods: &[(Verb::Post, Handler::Reload)],
+        allow: "POST",
+    },
+];
+
 /// Answers one admin request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
-    let route = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(&path);
-    let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    match route {
-        "/health/liveness" | "/actuator/health/liveness" if get => health(true),
-        "/health/readiness" | "/actuator/health/readiness" | "/actuator/health" if get => {
-            health(state.is_ready())
-        }
-        "/metrics" if get => {
-            let text =
-                crate::metrics::render(&state.store, state.journal.as_ref(), state.is_ready());
+    let Some(route) = find(ROUTES, &path) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint").into_response(&path);
+    };
+    let handler = match dispatch(route, req.method()) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(&path),
+    };
+    match handler {
+        Handler::Liveness => health(true),
+        Handler::Readiness => health(state.is_ready()),
+        Handler::Metrics => {
+            let text = scrape::render(&state.store, state.journal.as_ref(), state.is_ready());
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -62,11 +118,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
             );
             r
         }
-        "/admin/reload" if req.method() == Method::POST => match &state.reloader {
+        Handler::Reload => match &state.reloader {
             Some(reloader) => {
                 let outcome = reloader.reload("admin").await;
                 let status = match outcome {
-                    crate::reload::Outcome::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     _ => StatusCode::OK,
                 };
                 json(
@@ -77,13 +133,5 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
             None => ApiError::new(StatusCode::NOT_FOUND, "this service has no reloader")
                 .into_response(&path),
         },
-        "/health/liveness"
-        | "/actuator/health/liveness"
-        | "/health/readiness"
-        | "/actuator/health/readiness"
-        | "/actuator/health"
-        | "/metrics" => ApiError::method_not_allowed("GET").into_response(&path),
-        "/admin/reload" => ApiError::method_not_allowed("POST").into_response(&path),
-        _ => ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint").into_response(&path),
     }
 }

@@ -92,15 +92,13 @@ impl ApiError {
     /// The response for a request to `path`.
     pub fn into_response(self, path: &str) -> Response<Full<Bytes>> {
         let mut body = Vec::with_capacity(128);
-        body.extend_from_slice(b"{\"status\":");
-        body.extend_from_slice(self.status.as_u16().to_string().as_bytes());
-        body.extend_from_slice(b",\"error\":");
-        crate::render::write_str(self.status.canonical_reason().unwrap_or(""), &mut body);
-        body.extend_from_slice(b",\"message\":");
-        crate::render::write_str(&self.message, &mut body);
-        body.extend_from_slice(b",\"path\":");
-        crate::render::write_str(&crate::source::redact_digits(path), &mut body);
-        body.push(b'}');
+        crate::render::write_error(
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            &self.message,
+            &crate::model::redact::redact_digits(path),
+            &mut body,
+        );
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// Why the signing key or certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JoseError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]

@@ -19,9 +19,9 @@
 //! Payload kind 1, *set language*: `u8 1`, `u64` personal number, `u8` language
 //! (0 nb, 1 nn, 2 en, 3 se): 10 bytes. A frame is 34 bytes.
 
-use crate::fnr::PersonId;
 use crate::model::Spraak;
-use crate::time::Timestamp;
+use crate::model::fnr::PersonId;
+use crate::model::time::Timestamp;
 
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"KRRJRNL\0";
@@ -110,6 +110,7 @@ fn header_crc(h: &[u8; SEGMENT_HEADER_LEN]) -> u32 {
 
 /// Why a segment header was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// Fewer than 24 bytes.
     #[error("segment header is incomplete")]
@@ -166,6 +167,7 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
 
 /// Why the bytes at some offset are not a good frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The bytes end inside a frame (a write cut short by a crash).
     #[error("the last record is incomplete (torn write)")]

@@ -13,24 +13,23 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3Builder;
 
+use crate::model::time::Timestamp;
 use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
 use crate::render::{self, Segment};
-use crate::snapshot::format::{Body, RecordPieces};
+use crate::snapshot::fold::{Fold, JournalFold};
 use crate::snapshot::format::{
-    BodyHasher, Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET,
-    HEADER_LEN, Header, MAX_LOAD_PERCENT, NO_CERT, RECORD_HEADER_LEN, Slot, VERSION, home_slot,
-    rec, slot_count,
+    Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, HEADER_LEN, Header,
+    NO_CERT, RECORD_HEADER_LEN, VERSION,
 };
-use crate::source::LineParser;
-use crate::time::Timestamp;
+use crate::snapshot::record::encode_record_header;
+use crate::snapshot::source::LineParser;
+use crate::snapshot::write::{assemble, write_atomically};
 
 /// How many line errors a failed build reports (the total is always given).
 pub const MAX_REPORTED_ERRORS: usize = 20;
@@ -113,6 +112,7 @@ pub struct LineError {
 
 /// Why a build failed. Nothing is written when it fails.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// Reading the input or writing the output failed.
     #[error("{path}: {source}")]
@@ -150,109 +150,25 @@ fn invalid_message(errors: &[LineError], total: u64) -> String {
     m
 }
 
-/// What folding a journal into a build did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JournalFold {
-    /// Good records read.
-    pub records: u64,
-    /// Distinct persons they change (the latest change of each counts).
-    pub persons: u64,
-    /// Persons whose change was folded in.
-    pub applied: u64,
-    /// Persons whose export line has a newer `spraak_oppdatert` (the export wins).
-    pub superseded: u64,
-    /// Persons not in the export, or SLETTET in it (nothing to change).
-    pub not_applicable: u64,
-    /// The sequence number recorded in the header: everything up to it is folded.
-    pub folded_seq: u64,
-    /// A torn tail at the end of the journal (left in place: the service owns the file).
-    pub torn_tail: Option<crate::journal::Cut>,
+/// A person's place: its key, its record's offset in its piece, its line.
+pub(super) struct Entry {
+    pub(super) key: u64,
+    pub(super) offset: u64,
+    pub(super) line: u64,
 }
 
-/// The latest journal change of each person.
+/// What one piece of the input became.
 #[derive(Default)]
-struct Fold {
-    latest: HashMap<u64, (Timestamp, crate::model::Spraak), Xxh3Builder>,
-}
-
-impl Fold {
-    fn read(dir: &Path) -> Result<(Fold, JournalFold), BuildError> {
-        if !dir.is_dir() {
-            return Err(BuildError::Io {
-                path: dir.to_owned(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "journal directory does not exist",
-                ),
-            });
-        }
-        let scan = crate::journal::scan(dir, crate::journal::Mode::ReadOnly)
-            .map_err(|e| BuildError::Journal(e.to_string()))?;
-        // After a compaction the newest segment may hold no record yet; its start still
-        // says how far the sequence has come.
-        let folded_seq = scan
-            .last_seq()
-            .max(scan.segments.last().map_or(0, |s| s.first_seq - 1));
-        Ok(Fold::from_entries(&scan.entries, folded_seq, scan.cut))
-    }
-
-    /// The fold of `entries` (in sequence order), everything up to `folded_seq` counted as
-    /// folded.
-    fn from_entries(
-        entries: &[crate::journal::Entry],
-        folded_seq: u64,
-        torn_tail: Option<crate::journal::Cut>,
-    ) -> (Fold, JournalFold) {
-        let mut latest = HashMap::with_hasher(Xxh3Builder::new());
-        for e in entries {
-            let crate::journal::Change::SetSpraak { id, spraak } = e.change;
-            latest.insert(id.key(), (e.at, spraak));
-        }
-        let report = JournalFold {
-            records: entries.len() as u64,
-            persons: latest.len() as u64,
-            folded_seq: folded_seq.max(entries.last().map_or(0, |e| e.seq)),
-            torn_tail,
-            ..JournalFold::default()
-        };
-        (Fold { latest }, report)
-    }
-
-    /// Applies `p`'s journal change, if it has one: 1 in the first place when folded, 1 in
-    /// the second when the export's own change is newer.
-    fn apply(&self, p: &mut Person) -> (u64, u64) {
-        let Some(&(at, spraak)) = self.latest.get(&p.id.key()) else {
-            return (0, 0);
-        };
-        if p.status != Status::Aktiv {
-            return (0, 0);
-        }
-        if p.spraak_oppdatert.is_some_and(|t| t > at) {
-            return (0, 1);
-        }
-        p.spraak = Some(spraak);
-        p.spraak_oppdatert = Some(at);
-        (1, 0)
-    }
-}
-
-struct Entry {
-    key: u64,
-    offset: u64,
-    line: u64,
-}
-
-#[derive(Default)]
-struct Piece {
-    records: Vec<u8>,
-    entries: Vec<Entry>,
-    certs: Vec<String>,
-    errors: Vec<LineError>,
-    error_count: u64,
-    counts: Counts,
-    newlines: u64,
-    folded: u64,
-    superseded: u64,
+pub(super) struct Piece {
+    pub(super) records: Vec<u8>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) certs: Vec<String>,
+    pub(super) errors: Vec<LineError>,
+    pub(super) error_count: u64,
+    pub(super) counts: Counts,
+    pub(super) newlines: u64,
+    pub(super) folded: u64,
+    pub(super) superseded: u64,
 }
 
 /// Builds a snapshot from the JSONL file `input` into `out`.
@@ -532,203 +448,13 @@ pub(crate) fn write_record(
     if aktiv && p.digital_post.is_some() {
         flags |= FLAG_DIGITAL_POST;
     }
-    let h = &mut out[start..start + RECORD_HEADER_LEN];
-    for (n, at) in [
-        rec::HEAD,
-        rec::VARSLING,
-        rec::KONTAKT,
-        rec::DIGITAL,
-        rec::SPRAAK,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        h[at..at + 2].copy_from_slice(&lens[n].to_le_bytes());
-    }
-    h[rec::CERT..rec::CERT + 2].copy_from_slice(&cert.to_le_bytes());
-    h[rec::FLAGS..rec::FLAGS + 2].copy_from_slice(&flags.to_le_bytes());
+    encode_record_header(
+        &mut out[start..start + RECORD_HEADER_LEN],
+        &lens,
+        cert,
+        flags,
+    );
     Ok(flags)
-}
-
-/// Interns certificates across pieces, lines up the record pieces and fills the hash table.
-fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
-    let mut certs: Vec<String> = Vec::new();
-    let mut cert_ids: HashMap<String, u16, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
-    let mut counts = Counts::default();
-    let mut records = RecordPieces::default();
-    let mut base = 0u64;
-    let mut entries: Vec<Entry> = Vec::with_capacity(pieces.iter().map(|p| p.entries.len()).sum());
-    for mut piece in pieces {
-        let mut remap = Vec::with_capacity(piece.certs.len());
-        for c in piece.certs.drain(..) {
-            let next = certs.len();
-            let id = *cert_ids.entry(c).or_insert_with_key(|c| {
-                certs.push(c.clone());
-                next as u16
-            });
-            if certs.len() >= usize::from(NO_CERT) {
-                return Err(BuildError::Limit(format!(
-                    "more than {} distinct certificates",
-                    NO_CERT - 1
-                )));
-            }
-            remap.push(id);
-        }
-        for e in &piece.entries {
-            let at = e.offset as usize + rec::CERT;
-            let local = u16::from_le_bytes([piece.records[at], piece.records[at + 1]]);
-            if local != NO_CERT {
-                let global = remap[usize::from(local)];
-                piece.records[at..at + 2].copy_from_slice(&global.to_le_bytes());
-            }
-        }
-        entries.extend(piece.entries.into_iter().map(|e| Entry {
-            offset: e.offset + base,
-            ..e
-        }));
-        base += piece.records.len() as u64;
-        records.pieces.push(piece.records);
-        counts.records += piece.counts.records;
-        counts.aktiv += piece.counts.aktiv;
-        counts.slettet += piece.counts.slettet;
-        counts.reservert += piece.counts.reservert;
-        counts.kan_varsles += piece.counts.kan_varsles;
-        counts.digital_post += piece.counts.digital_post;
-    }
-    counts.certs = certs.len() as u32;
-
-    let n = slot_count(entries.len() as u64);
-    debug_assert!(entries.len() as u64 * 100 <= n as u64 * MAX_LOAD_PERCENT);
-    let mask = n - 1;
-    let mut slots = vec![Slot::EMPTY; n];
-    let mut slot_line = vec![0u64; n];
-    let mut max_probe = 0u32;
-    let mut dup_errors = Vec::new();
-    let mut dup_count = 0u64;
-    for e in &entries {
-        let mut i = home_slot(e.key, mask);
-        let mut probe = 0u32;
-        loop {
-            if slots[i].key == crate::snapshot::format::EMPTY {
-                slots[i] = Slot {
-                    key: e.key,
-                    offset: e.offset,
-                };
-                slot_line[i] = e.line;
-                max_probe = max_probe.max(probe);
-                break;
-            }
-            if slots[i].key == e.key {
-                dup_count += 1;
-                dup_errors.push(LineError {
-                    line: e.line,
-                    reason: format!("personidentifikator already given on line {}", slot_line[i]),
-                });
-                break;
-            }
-            i = (i + 1) & mask;
-            probe += 1;
-        }
-    }
-    if dup_count > 0 {
-        dup_errors.sort_by_key(|e| e.line);
-        dup_errors.truncate(MAX_REPORTED_ERRORS);
-        return Err(BuildError::Invalid {
-            errors: dup_errors,
-            total: dup_count,
-        });
-    }
-    let certs = certs
-        .iter()
-        .map(|c| {
-            let mut seg = Vec::with_capacity(c.len() + 16);
-            render::write_sertifikat(c, &mut seg);
-            seg
-        })
-        .collect();
-    Ok((
-        Body {
-            slots,
-            records,
-            certs,
-        },
-        counts,
-        max_probe,
-    ))
-}
-
-/// An `io::Write` that hashes and counts what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: BodyHasher,
-    len: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes `body` to a temporary file beside `out`, then header, fsync, rename, dir fsync.
-fn write_atomically(body: &Body, mut header: Header, out: &Path) -> Result<Header, BuildError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BuildError::Io { path, source }
-    };
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .ok_or_else(|| BuildError::Limit("output path has no file name".into()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
-        w.write_all(&[0u8; HEADER_LEN]).map_err(io(&tmp))?;
-        let hw = HashingWriter {
-            inner: w,
-            hasher: BodyHasher::default(),
-            len: 0,
-        };
-        let hw = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
-            body,
-            rkyv::ser::writer::IoWriter::new(hw),
-        )
-        .map_err(|e| BuildError::Io {
-            path: tmp.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .into_inner();
-        let HashingWriter { inner, hasher, len } = hw;
-        inner.into_inner().map_err(|e| BuildError::Io {
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        header.body_len = len;
-        header.body_checksum = hasher.finish();
-        file.write_all_at(&header.encode(), 0).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, out).map_err(io(out))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        Ok(header)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -19,8 +19,12 @@
 //! piece of the body, so it can be verified on several cores. The header has its own
 //! xxh3-64 over its first 248 bytes.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::model::time::Timestamp;
 use crate::snapshot::SnapshotError;
-use crate::time::Timestamp;
 
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"KRRSNAP\0";
@@ -276,6 +280,31 @@ impl Header {
         let sum = xxhash_rust::xxh3::xxh3_64(&b[..off::HEADER_CHECKSUM]);
         b[off::HEADER_CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
         b
+    }
+
+    /// Reads and checks the header of the snapshot file at `path` (its first
+    /// [`HEADER_LEN`] bytes), without reading the body.
+    pub fn read(path: &Path) -> Result<Header, SnapshotError> {
+        let file = File::open(path).map_err(|source| SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Header::read_from(&file, path)
+    }
+
+    /// [`Header::read`] of an open file.
+    pub fn read_from(file: &File, path: &Path) -> Result<Header, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let len = file.metadata().map_err(io)?.len();
+        if len < HEADER_LEN as u64 {
+            return Err(SnapshotError::TooShort { len });
+        }
+        let mut head = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        Header::decode(&head)
     }
 
     /// Decodes and checks a header: magic, version, header length and header checksum.

@@ -18,18 +18,19 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 
-use crate::fnr::PersonId;
-use crate::render::Groups;
+use crate::model::Groups;
+use crate::model::fnr::PersonId;
+use crate::render;
 use crate::snapshot::SnapshotError;
 use crate::snapshot::format::{
-    self, ArchivedBody, EMPTY, FLAG_SLETTET, HEADER_LEN, Header, NO_CERT, RECORD_HEADER_LEN,
-    home_slot, rec,
+    self, ArchivedBody, EMPTY, HEADER_LEN, Header, RECORD_HEADER_LEN, home_slot,
 };
+
+pub use crate::snapshot::record::Record;
 
 /// An open, verified snapshot. Cheap to share behind an `Arc`; unmapped when dropped.
 pub struct Snapshot {
@@ -60,12 +61,7 @@ impl Snapshot {
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        if len < HEADER_LEN as u64 {
-            return Err(SnapshotError::TooShort { len });
-        }
-        let mut head = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut head, 0).map_err(io)?;
-        let header = Header::decode(&head)?;
+        let header = Header::read_from(&file, path)?;
         let expected = (HEADER_LEN as u64).checked_add(header.body_len);
         if expected != Some(len) {
             return Err(SnapshotError::Length {
@@ -197,7 +193,7 @@ impl Snapshot {
     /// The record at `at` (from [`Snapshot::find`]).
     #[inline]
     pub fn record_at(&self, at: RecordOffset) -> Option<Record<'_>> {
-        Record::at(self.body().records.as_slice(), at.0)
+        Record::decode(self.body().records.as_slice(), at.0)
     }
 
     /// Hints the CPU to start loading the record at `at`.
@@ -230,9 +226,9 @@ impl Snapshot {
             .map_or(&[], |c| c.as_slice())
     }
 
-    /// Appends `rec` rendered with `groups` (a whole JSON object). `spraak`, when given,
-    /// replaces the record's spraak segment (a change from the overlay); a SLETTET person
-    /// never shows one.
+    /// Appends `rec` rendered with `groups` (a whole JSON object): the record's segments
+    /// and the certificate's, assembled by [`render::write_stored`]. `spraak`, when given,
+    /// replaces the record's spraak segment (a change from the overlay).
     #[inline]
     pub fn write_record(
         &self,
@@ -241,43 +237,11 @@ impl Snapshot {
         spraak: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) {
-        // The record's segments lie in answer order (head, varsling, kontakt, digital post,
-        // spraak); the wanted ones are copied as few contiguous runs (with every group: one
-        // run, the certificate, one run), not one copy per segment.
         let cert = match rec.cert() {
             Some(c) if groups.contains(Groups::SERTIFIKAT) => Some(self.cert_segment(c)),
             _ => None,
         };
-        let spraak = spraak.filter(|_| groups.contains(Groups::SPRAAK) && !rec.is_slettet());
-        let wanted = [
-            true,
-            groups.contains(Groups::VARSLING),
-            groups.contains(Groups::KONTAKT),
-            groups.contains(Groups::DIGITALPOST),
-            groups.contains(Groups::SPRAAK) && spraak.is_none(),
-        ];
-        let segs = rec.segments;
-        let (mut run, mut at) = (0, 0);
-        for (n, &want) in wanted.iter().enumerate() {
-            if n == 4
-                && let Some(c) = cert
-            {
-                out.extend_from_slice(&segs[run..at]);
-                out.extend_from_slice(c);
-                run = at;
-            }
-            let len = usize::from(rec.lens[n]);
-            if !want {
-                out.extend_from_slice(&segs[run..at]);
-                run = at + len;
-            }
-            at += len;
-        }
-        out.extend_from_slice(&segs[run..at]);
-        if let Some(seg) = spraak {
-            out.extend_from_slice(seg);
-        }
-        out.push(b'}');
+        render::write_stored(rec.stored(), cert, groups, spraak, out);
     }
 
     /// Every personal number in the snapshot, in slot order (for tools, tests and benches).
@@ -329,7 +293,7 @@ pub(crate) fn map_input(file: &File) -> std::io::Result<Mmap> {
 
 /// Hints the CPU to start loading the cache line at `p` (never faults, whatever `p` is).
 #[inline]
-pub(crate) fn prefetch_read(p: *const u8) {
+pub fn prefetch_read(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
@@ -344,93 +308,3 @@ pub(crate) fn prefetch_read(p: *const u8) {
 /// The position of a record in a snapshot (valid only for the snapshot that gave it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordOffset(usize);
-
-/// One person's pre-rendered record inside a snapshot.
-#[derive(Clone, Copy, Debug)]
-pub struct Record<'a> {
-    lens: [u16; 5],
-    cert: u16,
-    flags: u16,
-    segments: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    #[inline]
-    fn at(records: &'a [u8], offset: usize) -> Option<Record<'a>> {
-        let h = records.get(offset..offset + RECORD_HEADER_LEN)?;
-        let u = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
-        let lens = [
-            u(rec::HEAD),
-            u(rec::VARSLING),
-            u(rec::KONTAKT),
-            u(rec::DIGITAL),
-            u(rec::SPRAAK),
-        ];
-        let total: usize = lens.iter().map(|&l| usize::from(l)).sum();
-        let start = offset + RECORD_HEADER_LEN;
-        let segments = records.get(start..start + total)?;
-        Some(Record {
-            lens,
-            cert: u(rec::CERT),
-            flags: u(rec::FLAGS),
-            segments,
-        })
-    }
-
-    #[inline]
-    fn segment(&self, n: usize) -> &'a [u8] {
-        let start: usize = self.lens[..n].iter().map(|&l| usize::from(l)).sum();
-        &self.segments[start..start + usize::from(self.lens[n])]
-    }
-
-    /// `{"personidentifikator":…,"status":…` (no closing brace).
-    #[inline]
-    pub fn head(&self) -> &'a [u8] {
-        self.segment(0)
-    }
-    /// `,"varslingsstatus":…`.
-    #[inline]
-    pub fn varsling(&self) -> &'a [u8] {
-        self.segment(1)
-    }
-    /// `,"kontaktinformasjon":{…}` or empty.
-    #[inline]
-    pub fn kontakt(&self) -> &'a [u8] {
-        self.segment(2)
-    }
-    /// `,"digital_post":{…}` or empty.
-    #[inline]
-    pub fn digital_post(&self) -> &'a [u8] {
-        self.segment(3)
-    }
-    /// `,"spraak":…,"spraak_oppdatert":…` or empty.
-    #[inline]
-    pub fn spraak(&self) -> &'a [u8] {
-        self.segment(4)
-    }
-    /// The person's certificate number, if any.
-    #[inline]
-    pub fn cert(&self) -> Option<u16> {
-        (self.cert != NO_CERT).then_some(self.cert)
-    }
-    /// Record flags (`format::FLAG_*`).
-    #[inline]
-    pub fn flags(&self) -> u16 {
-        self.flags
-    }
-    /// True for a SLETTET person.
-    #[inline]
-    pub fn is_slettet(&self) -> bool {
-        self.flags & FLAG_SLETTET != 0
-    }
-    /// The stored `spraak_oppdatert`, read back from the spraak segment (not on the
-    /// lookup path: the overlay uses it when a snapshot is published).
-    pub fn spraak_oppdatert(&self) -> Option<crate::time::Timestamp> {
-        const KEY: &[u8] = b"\"spraak_oppdatert\":\"";
-        let seg = self.spraak();
-        let start = memchr::memmem::find(seg, KEY)? + KEY.len();
-        let len = memchr::memchr(b'"', &seg[start..])?;
-        let text = std::str::from_utf8(&seg[start..start + len]).ok()?;
-        crate::time::Timestamp::parse(text).ok()
-    }
-}

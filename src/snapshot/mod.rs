@@ -5,22 +5,37 @@
 //! - [`build`](mod@build): export (JSONL) → validated persons → pre-rendered records → file,
 //!   written atomically.
 //! - [`load`]: open, verify, map and look up persons (the only `unsafe` of the crate).
+//! - [`fold`]: the journal folded into a build; `write` (private): the body lined up and
+//!   written atomically.
+//! - [`record`]: one person's record: header bytes written and read in one place.
+//! - [`source`]: the export's format: one JSON line → a validated person.
+//! - [`dir`]: a directory of snapshot files, newest first.
+//! - [`remote`]: snapshots in S3-compatible object storage: publish, pointer, download.
 
 pub mod build;
+pub mod dir;
+pub mod fold;
 pub mod format;
 pub mod load;
+pub mod record;
+pub mod remote;
+pub mod source;
+mod write;
 
 pub use build::{
-    BuildError, BuildOptions, BuildReport, BuildTimings, JournalFold, JournalInput, LineError,
-    build_bytes, build_file,
+    BuildError, BuildOptions, BuildReport, BuildTimings, JournalInput, LineError, build_bytes,
+    build_file,
 };
+pub use fold::JournalFold;
 pub use format::{Counts, Header};
-pub use load::{Record, Snapshot};
+pub use load::{Snapshot, prefetch_read};
+pub use record::Record;
 
 use std::path::PathBuf;
 
 /// Why a snapshot file was refused. Messages hold no personal data.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The file could not be read.
     #[error("cannot read snapshot {path}: {source}")]

@@ -1,0 +1,216 @@
+//! `POST /rest/v1|v2/personer`: the batch lookup agencies send before a mass mailing.
+
+use hyper::Request;
+use hyper::body::Incoming;
+use simd_json::prelude::*;
+
+use crate::auth::scopes::GLOBAL_HINT;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, require_json};
+use crate::model::fnr::PersonId;
+use crate::store::lookup::{BatchOptions, write_personer};
+
+/// Most ids in one request.
+pub const MAX_IDS: usize = 1000;
+
+/// The parsed body of a `/personer` request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PersonerRequest {
+    /// The ids, in request order.
+    pub ids: Vec<PersonId>,
+    /// v2's `inkluderIkkeRegistrerte`.
+    pub inkluder_ikke_registrerte: bool,
+}
+
+/// Parses `{"personidentifikatorer":[…],"inkluderIkkeRegistrerte":…}` (simd-json, in place).
+/// Messages name the problem and the position, never an id.
+pub fn parse_personer(body: &mut [u8], v2: bool) -> Result<PersonerRequest, ApiError> {
+    let value = simd_json::to_borrowed_value(body)
+        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    let list = obj
+        .get("personidentifikatorer")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::bad_request("personidentifikatorer is required"))?;
+    let list = list.as_array().ok_or_else(|| {
+        ApiError::bad_request("personidentifikatorer must be an array of strings")
+    })?;
+    if list.is_empty() {
+        return Err(ApiError::bad_request(
+            "personidentifikatorer must not be empty",
+        ));
+    }
+    if list.len() > MAX_IDS {
+        return Err(ApiError::bad_request(format!(
+            "personidentifikatorer has {} ids; at most {MAX_IDS} are allowed",
+            list.len()
+        )));
+    }
+    let mut ids = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let id = v
+            .as_str()
+            .and_then(|s| PersonId::parse(s.as_bytes()))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("personidentifikatorer[{i}] must be 11 digits"))
+            })?;
+        ids.push(id);
+    }
+    let inkluder = match (v2, obj.get("inkluderIkkeRegistrerte")) {
+        (false, _) | (true, None) => false,
+        (true, Some(v)) => v.as_bool().ok_or_else(|| {
+            ApiError::bad_request("inkluderIkkeRegistrerte must be true or false")
+        })?,
+    };
+    Ok(PersonerRequest {
+        ids,
+        inkluder_ikke_registrerte: inkluder,
+    })
+}
+
+/// `POST /rest/v1|v2/personer`: a batch of up to [`MAX_IDS`] persons.
+pub async fn personer(
+    state: &AppState,
+    req: Request<Incoming>,
+    v2: bool,
+) -> Result<Resp, ApiError> {
+    let principal = authenticate(state, req.headers()).await?;
+    let groups = principal.grants.global.ok_or_else(|| {
+        ApiError::insufficient_scope(GLOBAL_HINT, "the token has no scope for looking up persons")
+    })?;
+    let format = negotiate(req.headers(), state.signer.is_some())?;
+    require_json(req.headers())?;
+    let mut body = read_body(state, req).await?;
+    let request = parse_personer(&mut body, v2)?;
+    if let Some(only) = principal.restricted_to()
+        && request.ids.iter().any(|&id| id != only)
+    {
+        return Err(ApiError::insufficient_scope(
+            GLOBAL_HINT,
+            "this token may only look up the person it was issued for",
+        ));
+    }
+    let snapshot = state.store.current();
+    let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
+    let opts = if v2 {
+        BatchOptions::v2(groups, request.inkluder_ikke_registrerte)
+    } else {
+        BatchOptions::v1(groups)
+    };
+    // One buffer sized for the batch up front (about 1 KB a person with a certificate).
+    let mut out = Vec::with_capacity(request.ids.len() * 1024 + 32);
+    let stats = write_personer(
+        snapshot,
+        state.store.overlay(),
+        &request.ids,
+        opts,
+        &mut out,
+    );
+    let returned = stats.found
+        + if opts.include_not_registered {
+            stats.not_registered
+        } else {
+            0
+        };
+    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(returned as u64);
+    tracing::Span::current().record("persons", returned);
+    Ok(answer(state, format, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str, v2: bool, want: Result<(usize, bool), &str>) {
+        let mut b = body.as_bytes().to_vec();
+        let got = parse_personer(&mut b, v2)
+            .map(|r| (r.ids.len(), r.inkluder_ikke_registrerte))
+            .map_err(|e| e.message.into_owned());
+        assert_eq!(got, want.map_err(str::to_string), "body {body}");
+    }
+
+    #[test]
+    fn request_bodies() {
+        check(
+            r#"{"personidentifikatorer":["11822648950"]}"#,
+            false,
+            Ok((1, false)),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950","11822648950"],"x":1}"#,
+            false,
+            Ok((2, false)),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":true}"#,
+            true,
+            Ok((1, true)),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":"yes"}"#,
+            false,
+            Ok((1, false)),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":"yes"}"#,
+            true,
+            Err("inkluderIkkeRegistrerte must be true or false"),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":null}"#,
+            true,
+            Err("inkluderIkkeRegistrerte must be true or false"),
+        );
+        check("", false, Err("request body is not valid JSON"));
+        check("{", false, Err("request body is not valid JSON"));
+        check("[]", false, Err("request body must be a JSON object"));
+        check("{}", false, Err("personidentifikatorer is required"));
+        check(
+            r#"{"personidentifikatorer":null}"#,
+            false,
+            Err("personidentifikatorer is required"),
+        );
+        check(
+            r#"{"personidentifikatorer":"11822648950"}"#,
+            false,
+            Err("personidentifikatorer must be an array of strings"),
+        );
+        check(
+            r#"{"personidentifikatorer":[]}"#,
+            false,
+            Err("personidentifikatorer must not be empty"),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950","1182264895"]}"#,
+            false,
+            Err("personidentifikatorer[1] must be 11 digits"),
+        );
+        check(
+            r#"{"personidentifikatorer":[11822648950]}"#,
+            false,
+            Err("personidentifikatorer[0] must be 11 digits"),
+        );
+        check(
+            r#"{"personidentifikatorer":["1182264895a"]}"#,
+            false,
+            Err("personidentifikatorer[0] must be 11 digits"),
+        );
+        let many = format!(
+            r#"{{"personidentifikatorer":[{}]}}"#,
+            vec![r#""11822648950""#; 1001].join(",")
+        );
+        check(
+            &many,
+            false,
+            Err("personidentifikatorer has 1001 ids; at most 1000 are allowed"),
+        );
+        let max = format!(
+            r#"{{"personidentifikatorer":[{}]}}"#,
+            vec![r#""11822648950""#; 1000].join(",")
+        );
+        check(&max, false, Ok((1000, false)));
+    }
+}

@@ -1,0 +1,63 @@
+//! `GET /rest/v1|v2/printSertifikat` (the print provider's address and certificate, the
+//! same answer every time) and `GET /openapi.json`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::request::{Resp, answer, negotiate};
+use crate::render::write_print_provider;
+
+/// Why the print provider's certificate cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrintCertError {
+    /// The file could not be read.
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// The PEM does not parse.
+    #[error("print certificate: {0}")]
+    Pem(#[from] pem::PemError),
+    /// The PEM holds no `CERTIFICATE`.
+    #[error("print certificate: no PEM certificate found")]
+    NoCertificate,
+}
+
+/// The `printSertifikat` answer for a provider and its certificate (PEM).
+pub fn print_body(orgnr: &str, cert_pem: &str) -> Result<Bytes, PrintCertError> {
+    let cert = pem::parse_many(cert_pem)?
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .ok_or(PrintCertError::NoCertificate)?;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.contents());
+    let mut out = Vec::new();
+    write_print_provider(orgnr, &b64, &mut out);
+    Ok(Bytes::from(out))
+}
+
+/// `printSertifikat`: the configured answer, as JSON or signed.
+pub fn print_sertifikat<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiError> {
+    let body = state.print_body.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no print provider is configured for this service",
+        )
+    })?;
+    let format = negotiate(req.headers(), state.signer.is_some())?;
+    Ok(answer(state, format, body.to_vec()))
+}
+
+/// The OpenAPI 3.1 document of the public API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /openapi.json`.
+pub fn openapi() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,178 @@
+//! What every handler of the public API shares: who is calling (authentication, noted on
+//! the request span), which representation the caller accepts, and reading a body within
+//! the limits.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::auth::Principal;
+use crate::http::error::ApiError;
+use crate::http::{AppState, Format};
+
+/// Every answer of the public API.
+pub type Resp = Response<Full<Bytes>>;
+
+/// Verifies the bearer token (401 with the reason when it fails) and notes the caller on
+/// the request span. Each handler then checks the grant it needs.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, ApiError> {
+    let principal = state
+        .verifier
+        .verify_header(headers.get(AUTHORIZATION).map(|v| v.as_bytes()))
+        .await
+        .map_err(|e| ApiError::unauthorized(&e))?;
+    audit(&principal);
+    Ok(principal)
+}
+
+/// Notes the verified caller on the request span (the consumer's organisation number).
+/// Only a 9-digit organisation number is recorded: the claim is the issuer's text, and a
+/// malformed one could be anything (a personal number included).
+fn audit(principal: &Principal) {
+    if let Some(c) = &principal.consumer {
+        let orgnr = c.len() == 9 && c.bytes().all(|b| b.is_ascii_digit());
+        tracing::Span::current()
+            .record("consumer", if orgnr { c.as_str() } else { "unrecognised" });
+    }
+}
+
+/// Chooses JSON or JOSE from `Accept`; `Err` (406) when neither is acceptable.
+pub fn negotiate(headers: &HeaderMap, jose_available: bool) -> Result<Format, ApiError> {
+    let Some(accept) = headers.get(ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    let mut json = false;
+    let mut jose = false;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if refused {
+            continue;
+        }
+        match media.as_str() {
+            "application/jose" => jose = true,
+            "application/json" | "application/*" | "*/*" => json = true,
+            _ => {}
+        }
+    }
+    if jose && jose_available {
+        Ok(Format::Jose)
+    } else if json {
+        Ok(Format::Json)
+    } else if jose {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "application/jose is not available: the service has no signing key",
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "only application/json and application/jose can be produced",
+        ))
+    }
+}
+
+/// 415 unless `Content-Type` is `application/json` (parameters allowed).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// The whole body, within `--max-body-bytes` (413) and `--body-timeout` (408).
+pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    let limit = state.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(state.limits.body_timeout, collect).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body was not received in time",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::bad_request("request body could not be read")),
+        Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+    }
+}
+
+/// A 200 answer of `json`, signed when `format` is JOSE.
+pub fn answer(state: &AppState, format: Format, json: Vec<u8>) -> Resp {
+    let (body, content_type) = match (format, &state.signer) {
+        (Format::Jose, Some(signer)) => (signer.sign(&json), "application/jose"),
+        _ => (json, "application/json"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let n = |a: Option<&str>, jose: bool| {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = a {
+                headers.insert(ACCEPT, HeaderValue::from_str(a).unwrap());
+            }
+            negotiate(&headers, jose).map_err(|e| e.status)
+        };
+        assert_eq!(n(None, true), Ok(Format::Json));
+        assert_eq!(n(Some("*/*"), true), Ok(Format::Json));
+        assert_eq!(n(Some("application/json"), true), Ok(Format::Json));
+        assert_eq!(n(Some("application/jose"), true), Ok(Format::Jose));
+        assert_eq!(
+            n(Some("application/json, application/jose"), true),
+            Ok(Format::Jose)
+        );
+        assert_eq!(
+            n(Some("application/jose;q=0, application/json"), true),
+            Ok(Format::Json)
+        );
+        assert_eq!(n(Some("text/html"), true), Err(StatusCode::NOT_ACCEPTABLE));
+        assert_eq!(
+            n(Some("application/jose"), false),
+            Err(StatusCode::NOT_ACCEPTABLE)
+        );
+        assert_eq!(n(Some("application/jose, */*"), false), Ok(Format::Json));
+    }
+}

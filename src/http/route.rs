@@ -1,0 +1,247 @@
+//! The public routes, in one table: each path with the methods it answers and the handler
+//! of each. Dispatch, the `Allow` header of a 405 and the metric label all come from the
+//! table, so a route is spelled once. The admin listener has a table of the same shape
+//! ([`crate::http::admin`]).
+//!
+//! [`handle`] wraps every request: a `request` span (route, method, and once the token is
+//! verified the consumer's organisation number), the request counter and latency
+//! histogram, and one access line (target `krr::access`).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use tracing::Instrument;
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::request::Resp;
+use crate::http::{person, personer, print};
+
+/// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (the admin listener);
+/// the public API answers `GET` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `GET`.
+    Get,
+    /// `GET` or `HEAD`.
+    GetOrHead,
+    /// `POST`.
+    Post,
+    /// `PATCH`.
+    Patch,
+}
+
+impl Verb {
+    fn matches(self, m: &Method) -> bool {
+        match self {
+            Verb::Get => m == Method::GET,
+            Verb::GetOrHead => m == Method::GET || m == Method::HEAD,
+            Verb::Post => m == Method::POST,
+            Verb::Patch => m == Method::PATCH,
+        }
+    }
+
+    /// The method's name in an `Allow` header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get | Verb::GetOrHead => "GET",
+            Verb::Post => "POST",
+            Verb::Patch => "PATCH",
+        }
+    }
+}
+
+/// One path: the methods it answers, each with its handler `H`.
+#[derive(Debug)]
+pub struct Route<H: 'static> {
+    /// The path (a trailing `/` is ignored); also the route's metric label.
+    pub path: &'static str,
+    /// The methods and their handlers.
+    pub methods: &'static [(Verb, H)],
+    /// The `Allow` header of a 405: the methods, comma-separated (checked against
+    /// `methods` by a test).
+    pub allow: &'static str,
+}
+
+/// The route of `path` in `table` (a trailing `/` ignored).
+pub fn find<H>(table: &'static [Route<H>], path: &str) -> Option<&'static Route<H>> {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    table.iter().find(|r| r.path == path)
+}
+
+/// The handler of `method` on `route`, or the 405 naming the methods it has.
+pub fn dispatch<H: Copy>(route: &Route<H>, method: &Method) -> Result<H, ApiError> {
+    route
+        .methods
+        .iter()
+        .find(|(v, _)| v.matches(method))
+        .map(|&(_, h)| h)
+        .ok_or_else(|| ApiError::method_not_allowed(route.allow))
+}
+
+/// The handlers of the public API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    /// `POST /rest/v1|v2/personer`.
+    Personer {
+        /// v2 (`inkluderIkkeRegistrerte`).
+        v2: bool,
+    },
+    /// `GET /rest/v1|v2/person`.
+    Person,
+    /// `PATCH /rest/v1/person`.
+    PatchPerson,
+    /// `GET /rest/v1|v2/printSertifikat`.
+    PrintSertifikat,
+    /// `GET /openapi.json`.
+    OpenApi,
+}
+
+/// Every public route.
+pub const ROUTES: &[Route<Handler>] = &[
+    Route {
+        path: "/rest/v1/personer",
+        methods: &[(Verb::Post, Handler::Personer { v2: false })],
+        allow: "POST",
+    },
+    Route {
+        path: "/rest/v2/personer",
+        methods: &[(Verb::Post, Handler::Personer { v2: true })],
+        allow: "POST",
+    },
+    Route {
+        path: "/rest/v1/person",
+        methods: &[
+            (Verb::Get, Handler::Person),
+            (Verb::Patch, Handler::PatchPerson),
+        ],
+        allow: "GET, PATCH",
+    },
+    Route {
+        path: "/rest/v2/person",
+        methods: &[(Verb::Get, Handler::Person)],
+        allow: "GET",
+    },
+    Route {
+        path: "/rest/v1/printSertifikat",
+        methods: &[(Verb::Get, Handler::PrintSertifikat)],
+        allow: "GET",
+    },
+    Route {
+        path: "/rest/v2/printSertifikat",
+        methods: &[(Verb::Get, Handler::PrintSertifikat)],
+        allow: "GET",
+    },
+    Route {
+        path: "/openapi.json",
+        methods: &[(Verb::Get, Handler::OpenApi)],
+        allow: "GET",
+    },
+];
+
+/// The fixed label of a method (metrics never carry anything a client chose).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Answers one request of the public API (see the module doc).
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_owned();
+    let route = find(ROUTES, &path);
+    let label = route.map_or("other", |r| r.path);
+    let method = method_label(req.method());
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = label,
+        consumer = tracing::field::Empty,
+        persons = tracing::field::Empty,
+    );
+    let result = async {
+        let route =
+            route.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"))?;
+        match dispatch(route, req.method())? {
+            Handler::Personer { v2 } => personer::personer(&state, req, v2).await,
+            Handler::Person => person::person(&state, &req).await,
+            Handler::PatchPerson => person::patch_person(&state, req).await,
+            Handler::PrintSertifikat => print::print_sertifikat(&state, &req),
+            Handler::OpenApi => Ok(print::openapi()),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let resp = result.unwrap_or_else(|e| e.into_response(&path));
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!(
+        crate::metrics::HTTP_REQUESTS,
+        "route" => label,
+        "method" => method,
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => label)
+        .record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            target: "krr::access",
+            status,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table's `allow` names exactly its methods, in order.
+    pub(crate) fn check_allow<H>(table: &[Route<H>]) {
+        for r in table {
+            let names: Vec<&str> = r.methods.iter().map(|(v, _)| v.name()).collect();
+            assert_eq!(r.allow, names.join(", "), "{}", r.path);
+        }
+    }
+
+    #[test]
+    fn allow_headers_match_the_methods() {
+        check_allow(ROUTES);
+        check_allow(crate::http::admin::ROUTES);
+    }
+
+    #[test]
+    fn paths_are_found_with_or_without_a_trailing_slash() {
+        let got = |p: &str| find(ROUTES, p).map(|r| r.path);
+        assert_eq!(got("/rest/v1/personer"), Some("/rest/v1/personer"));
+        assert_eq!(got("/rest/v1/personer/"), Some("/rest/v1/personer"));
+        assert_eq!(got("/rest/v3/personer"), None);
+        assert_eq!(got("/"), None);
+        let person = find(ROUTES, "/rest/v1/person").unwrap();
+        assert_eq!(
+            dispatch(person, &Method::PATCH).ok(),
+            Some(Handler::PatchPerson)
+        );
+        assert_eq!(
+            dispatch(person, &Method::DELETE).unwrap_err().allow,
+            Some("GET, PATCH")
+        );
+        let v2 = find(ROUTES, "/rest/v2/person").unwrap();
+        assert_eq!(dispatch(v2, &Method::HEAD).unwrap_err().allow, Some("GET"));
+    }
+}

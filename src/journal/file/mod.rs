@@ -1,0 +1,53 @@
+//! The journal as a directory of segment files `<first sequence number>.journal`, written
+//! by one thread ([`writer`]), read back at start-up and by the builder ([`scan`]), and
+//! trimmed once a snapshot holds it ([`compact`]). One writer per directory (a `LOCK` file).
+
+pub mod compact;
+pub mod scan;
+pub mod writer;
+
+use std::fs::File;
+use std::path::Path;
+
+pub use compact::compact;
+pub use scan::{Cut, Mode, Scan, SegmentInfo, scan, segment_files};
+pub use writer::{ApplyFn, Journal, JournalOptions};
+
+use crate::journal::{Backend, BoxFuture, Change, Entry, JournalError, JournalStats};
+
+impl Backend for Journal {
+    fn append(&self, change: Change) -> BoxFuture<'_, Result<Entry, JournalError>> {
+        Box::pin(Journal::append(self, change))
+    }
+
+    fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError> {
+        let mut entries = scan(&self.dir, Mode::ReadOnly)?.entries;
+        entries.retain(|e| e.seq > seq);
+        Ok(entries)
+    }
+
+    fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    fn close(&self) {
+        Journal::close(self);
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}

@@ -1,0 +1,201 @@
+//! Reading a journal directory: every segment in order, with the recovery policy
+//! (`truncate-torn-tail`, see [`crate::journal`]).
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use crate::journal::Entry;
+use crate::journal::JournalError;
+use crate::journal::file::{io_err, sync_dir};
+use crate::journal::format::{self, SEGMENT_HEADER_LEN, decode, decode_segment_header};
+
+/// One segment as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Sequence number of its first record (from the header).
+    pub first_seq: u64,
+    /// Records in it.
+    pub records: u64,
+    /// Bytes that hold good records (header included).
+    pub good_len: u64,
+}
+
+impl SegmentInfo {
+    /// Sequence number of its last record, if it has one.
+    pub fn last_seq(&self) -> Option<u64> {
+        (self.records > 0).then(|| self.first_seq + self.records - 1)
+    }
+}
+
+/// A torn tail found (and, when repairing, cut).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// The newest segment.
+    pub file: PathBuf,
+    /// Where the good records end.
+    pub offset: u64,
+    /// Bytes after it.
+    pub dropped_bytes: u64,
+    /// What was wrong with the first bad record.
+    pub reason: String,
+}
+
+/// Everything read from a journal directory.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    /// Every good record, in sequence order.
+    pub entries: Vec<Entry>,
+    /// The segments, oldest first.
+    pub segments: Vec<SegmentInfo>,
+    /// The torn tail, if there was one.
+    pub cut: Option<Cut>,
+}
+
+impl Scan {
+    /// The last good sequence number (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.seq)
+    }
+}
+
+/// Whether [`scan`] may change the files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only read: a torn tail is left in place (a running service may be appending to it).
+    ReadOnly,
+    /// Recovery at start-up: a torn tail is cut off the file and the cut made durable.
+    Repair,
+}
+
+/// The segment files of `dir`, oldest first (files with other names are left alone).
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if let Some(first) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(format::parse_segment_name)
+        {
+            out.push((first, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every segment of `dir` in order and checks frames, checksums and sequence
+/// continuity; applies the recovery policy of the module doc.
+pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
+    let files = segment_files(dir)?;
+    let mut out = Scan::default();
+    let mut expected: Option<u64> = None;
+    for (i, (named, path)) in files.iter().enumerate() {
+        let newest = i + 1 == files.len();
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let corrupt = |offset: u64, reason: String| JournalError::Corrupt {
+            file: path.clone(),
+            offset,
+            reason,
+        };
+        let first = match decode_segment_header(&bytes) {
+            Ok(first) => first,
+            // A crash while a new segment was being created: it holds no record.
+            Err(format::HeaderError::Short) if newest => {
+                out.cut = Some(Cut {
+                    file: path.clone(),
+                    offset: 0,
+                    dropped_bytes: bytes.len() as u64,
+                    reason: "segment header is incomplete (torn segment creation)".into(),
+                });
+                if mode == Mode::Repair {
+                    std::fs::remove_file(path).map_err(io_err(path))?;
+                    sync_dir(dir)?;
+                }
+                break;
+            }
+            Err(e) => return Err(corrupt(0, e.to_string())),
+        };
+        if first != *named {
+            return Err(corrupt(
+                16,
+                format!(
+                    "header says the segment starts at sequence {first}, its name says {named}"
+                ),
+            ));
+        }
+        // A later segment may start beyond the one before it (the writer skips to after a
+        // snapshot's folded sequence number), never inside it.
+        if let Some(want) = expected
+            && first < want
+        {
+            return Err(corrupt(
+                16,
+                format!(
+                    "segment starts at sequence {first}, inside the one before (which ends at {})",
+                    want - 1
+                ),
+            ));
+        }
+        let mut at = SEGMENT_HEADER_LEN;
+        let mut seq = first;
+        let mut problem = None;
+        while at < bytes.len() {
+            match decode(&bytes[at..]) {
+                Ok((e, len)) if e.seq == seq => {
+                    out.entries.push(e);
+                    seq += 1;
+                    at += len;
+                }
+                Ok((e, _)) => {
+                    problem = Some(format!("record has sequence {}, expected {seq}", e.seq));
+                    break;
+                }
+                Err(e) => {
+                    problem = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = problem {
+            if !newest {
+                return Err(corrupt(at as u64, reason));
+            }
+            out.cut = Some(Cut {
+                file: path.clone(),
+                offset: at as u64,
+                dropped_bytes: (bytes.len() - at) as u64,
+                reason,
+            });
+            if mode == Mode::Repair {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                f.set_len(at as u64).map_err(io_err(path))?;
+                f.sync_all().map_err(io_err(path))?;
+            }
+        }
+        out.segments.push(SegmentInfo {
+            path: path.clone(),
+            first_seq: first,
+            records: seq - first,
+            good_len: at as u64,
+        });
+        expected = Some(seq);
+    }
+    if let Some(cut) = &out.cut {
+        tracing::warn!(
+            policy = "truncate-torn-tail",
+            file = %cut.file.display(),
+            offset = cut.offset,
+            dropped_bytes = cut.dropped_bytes,
+            reason = %cut.reason,
+            repaired = mode == Mode::Repair,
+            "journal ends in a torn record; it was never acknowledged and is cut off"
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,51 @@
+//! A directory of snapshot files: which are candidates, newest first.
+//!
+//! Dot-files are a publisher's work in progress (`.name.krr` before its rename) and never
+//! candidates.
+
+use std::path::{Path, PathBuf};
+
+use crate::snapshot::{Header, Snapshot};
+
+/// The `*.krr` files of `dir` whose headers decode, newest build first. Files whose header
+/// cannot be read are logged and skipped (the name only; nothing personal is in a path).
+pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // Dot-files are a publisher's work in progress (`.name.krr` before its rename).
+        if path.extension().is_none_or(|e| e != "krr")
+            || path
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            continue;
+        }
+        match Header::read(&path) {
+            Ok(h) => out.push((path, h)),
+            Err(e) => {
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot refused")
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        b.1.build_time
+            .cmp(&a.1.build_time)
+            .then_with(|| b.0.cmp(&a.0))
+    });
+    Ok(out)
+}
+
+/// Opens the newest snapshot of `dir` that passes every check (without serving it: the
+/// service publishes only through its reload path); refused files are logged with the
+/// reason. `None` when no file qualifies.
+pub fn open_newest(dir: &Path) -> std::io::Result<Option<Snapshot>> {
+    for (path, _) in candidates(dir)? {
+        match Snapshot::open(&path) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) => tracing::warn!(file = %path.display(), cause = %e, "snapshot refused"),
+        }
+    }
+    Ok(None)
+}

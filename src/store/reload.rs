@@ -1,0 +1,324 @@
+//! Reload: one path, whatever triggered it (start-up, SIGHUP, `POST /admin/reload`, the
+//! directory watcher).
+//!
+//! [`Reloader::reload`] looks at the headers of the snapshot directory's files (newest build
+//! first), and for the first that is newer than the served one maps and verifies it **off
+//! the request path** (a blocking task), folds in the journal entries it does not hold,
+//! then swaps. A refused file is logged with the reason, counted, remembered (so it is not
+//! verified again until it changes) and changes nothing; an older file is never swapped
+//! in. Reloads are serialised: a second trigger during a reload waits for it and then finds
+//! nothing newer, so two triggers make one swap, never a race.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::journal::Backend;
+use crate::metrics::{SNAPSHOT_BUILD_TIME, SNAPSHOT_INFO, SNAPSHOT_JOURNAL_SEQ, SNAPSHOT_RECORDS};
+use crate::snapshot::dir::candidates;
+use crate::snapshot::{Header, Snapshot};
+use crate::store::Store;
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A newer snapshot is served now.
+    Swapped {
+        /// The snapshot served before (none at first load).
+        old: Option<String>,
+        /// The snapshot served now.
+        new: String,
+        /// Its file.
+        file: PathBuf,
+        /// Persons in it.
+        persons: u64,
+        /// Time to map, verify and swap, milliseconds.
+        millis: u64,
+        /// Files refused on the way (newer ones that failed their checks).
+        refused: Vec<Refusal>,
+    },
+    /// Nothing newer to serve.
+    Unchanged {
+        /// The snapshot still served (none if none is loaded).
+        current: Option<String>,
+        /// Files refused on the way.
+        refused: Vec<Refusal>,
+    },
+    /// The directory could not be read, or the journal could not be folded in.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A file that failed its checks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// The file.
+    pub file: PathBuf,
+    /// Why (names the failed check; no personal data).
+    pub reason: String,
+}
+
+/// What a refused file looked like, so it is not verified again until it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn seen(path: &Path) -> Option<Seen> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Seen {
+        len: m.len(),
+        modified: m.modified().ok(),
+    })
+}
+
+/// The reload path (see the module doc).
+#[derive(Debug)]
+pub struct Reloader {
+    store: Arc<Store>,
+    dir: PathBuf,
+    journal: OnceLock<Arc<dyn Backend>>,
+    serial: tokio::sync::Mutex<()>,
+    refused: Mutex<HashMap<PathBuf, Seen>>,
+}
+
+impl Reloader {
+    /// A reloader of `store` from `dir`. Until a journal is attached, nothing is folded in.
+    pub fn new(store: Arc<Store>, dir: PathBuf) -> Reloader {
+        Reloader {
+            store,
+            dir,
+            journal: OnceLock::new(),
+            serial: tokio::sync::Mutex::new(()),
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// From now on every reload folds in what `journal` holds beyond the new snapshot. At
+    /// start-up the journal is attached after it was recovered against the first snapshot;
+    /// a second call changes nothing.
+    pub fn attach_journal(&self, journal: Arc<dyn Backend>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The id of the snapshot served now.
+    pub fn served_id(&self) -> Option<String> {
+        self.store.current().as_ref().map(|s| s.id())
+    }
+
+    /// The directory watched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reloads now (waits for a reload in progress first). `trigger` is logged.
+    pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> Outcome {
+        let _serial = self.serial.lock().await;
+        let this = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || this.reload_blocking())
+            .await
+            .unwrap_or_else(|e| Outcome::Failed {
+                reason: format!("reload task failed: {e}"),
+            });
+        let result = match &outcome {
+            Outcome::Swapped {
+                old,
+                new,
+                file,
+                persons,
+                millis,
+                ..
+            } => {
+                tracing::info!(
+                    trigger,
+                    old = old.as_deref().unwrap_or("none"),
+                    new = %new,
+                    file = %file.display(),
+                    persons,
+                    millis,
+                    "snapshot swapped"
+                );
+                "swapped"
+            }
+            Outcome::Unchanged { current, .. } => {
+                tracing::info!(
+                    trigger,
+                    current = current.as_deref().unwrap_or("none"),
+                    "reload: nothing newer to serve"
+                );
+                "unchanged"
+            }
+            Outcome::Failed { reason } => {
+                tracing::error!(trigger, reason = %reason, "reload failed; the served snapshot stays");
+                "failed"
+            }
+        };
+        metrics::counter!(crate::metrics::RELOADS, "result" => result).increment(1);
+        outcome
+    }
+
+    fn reload_blocking(&self) -> Outcome {
+        let current = self.store.current();
+        let (cur_id, cur_build) = match current.as_ref() {
+            Some(s) => (Some(s.id()), Some(s.header().build_time)),
+            None => (None, None),
+        };
+        drop(current);
+        let candidates: Vec<(PathBuf, Header)> = match candidates(&self.dir) {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: format!("cannot read {}: {e}", self.dir.display()),
+                };
+            }
+        };
+        let mut refused = Vec::new();
+        for (path, header) in candidates {
+            if cur_id.as_deref() == Some(header.id().as_str())
+                || cur_build.is_some_and(|b| header.build_time < b)
+            {
+                break;
+            }
+            let now_seen = seen(&path);
+            {
+                let known = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                if now_seen.is_some() && known.get(&path) == now_seen.as_ref() {
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            match Snapshot::open(&path) {
+                Ok(snapshot) => {
+                    if let Err(reason) = self.install(snapshot) {
+                        return Outcome::Failed { reason };
+                    }
+                    let served = self.store.current();
+                    let s = served.as_ref().expect("just published");
+                    return Outcome::Swapped {
+                        old: cur_id,
+                        new: s.id(),
+                        file: path,
+                        persons: s.len(),
+                        millis: started.elapsed().as_millis() as u64,
+                        refused,
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), cause = %e, "snapshot refused; the served snapshot stays");
+                    metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                    if let Some(s) = now_seen {
+                        self.refused
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(path.clone(), s);
+                    }
+                    refused.push(Refusal {
+                        file: path,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Outcome::Unchanged {
+            current: cur_id,
+            refused,
+        }
+    }
+
+    /// Folds the journal entries `snapshot` does not hold into the overlay, then publishes
+    /// it (which drops the entries it does hold). Replaying before the swap means no reader
+    /// ever sees the new snapshot without a change it lacks.
+    fn install(&self, snapshot: Snapshot) -> Result<(), String> {
+        if let Some(journal) = self.journal.get() {
+            let entries = journal.since(snapshot.header().journal_seq).map_err(|e| {
+                format!("the journal cannot be read, so the snapshot is not swapped in: {e}")
+            })?;
+            self.store.overlay().replay(&entries, Some(&snapshot));
+        }
+        let old = self.store.publish(snapshot);
+        let served = self.store.current();
+        if let Some(s) = served.as_ref() {
+            snapshot_published(old.as_ref().map(|o| o.id()).as_deref(), s);
+        }
+        drop(served);
+        if let Some(old) = old {
+            retire(old);
+        }
+        Ok(())
+    }
+}
+
+/// Records the served snapshot's gauges (after every swap).
+fn snapshot_published(old: Option<&str>, snapshot: &Snapshot) {
+    if let Some(old) = old {
+        metrics::gauge!(SNAPSHOT_INFO, "id" => old.to_string()).set(0.0);
+    }
+    let h = snapshot.header();
+    metrics::gauge!(SNAPSHOT_INFO, "id" => snapshot.id()).set(1.0);
+    metrics::gauge!(SNAPSHOT_BUILD_TIME).set(h.build_time.0 as f64);
+    metrics::gauge!(SNAPSHOT_RECORDS).set(h.counts.records as f64);
+    metrics::gauge!(SNAPSHOT_JOURNAL_SEQ).set(h.journal_seq as f64);
+}
+
+/// Waits (here, on the reload thread) until requests still reading `old` are done, then
+/// drops it, so the unmapping of gigabytes of page tables never lands on a request. Gives
+/// up waiting after a minute (a stuck reader) and lets the last reader unmap it.
+fn retire(old: Arc<Snapshot>) {
+    let started = Instant::now();
+    while Arc::strong_count(&old) > 1 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waited = started.elapsed();
+    let id = old.id();
+    let unmapping = Instant::now();
+    let last = Arc::strong_count(&old) == 1;
+    drop(old);
+    tracing::debug!(
+        snapshot = %id,
+        readers_ms = waited.as_millis() as u64,
+        unmap_ms = unmapping.elapsed().as_millis() as u64,
+        unmapped_here = last,
+        "old snapshot retired"
+    );
+}
+
+/// Watches the snapshot directory (not its files: an atomic rename or a replaced symlink is
+/// an event on the directory) and reloads after changes to `*.krr` names settle for
+/// `settle`. Returns the watcher, which stops when dropped.
+pub fn watch(
+    reloader: Arc<Reloader>,
+    settle: Duration,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            p.extension().is_some_and(|e| e == "krr")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(reloader.dir(), notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let a burst of events (write, rename, several files) settle into one reload.
+            tokio::time::sleep(settle).await;
+            while rx.try_recv().is_ok() {}
+            reloader.reload("watcher").await;
+        }
+    });
+    Ok(watcher)
+}

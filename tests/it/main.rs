@@ -1,0 +1,21 @@
+//! The integration tests, one module per area, in one test binary (one link of the crate
+//! instead of one per area). `tests/metrics.rs` stays a binary of its own: it reads the
+//! process-wide metrics recorder and wants exact values, which other tests running in the
+//! same process would change.
+//!
+//! Run one area with `cargo test --test it <area>::`, e.g. `cargo test --test it journal::`.
+
+mod common;
+
+mod citizen;
+mod cli;
+mod crash;
+mod fixture;
+mod http;
+mod journal;
+mod nightly;
+mod ops;
+mod replicas;
+mod shutdown;
+mod snapshot;
+mod store;

@@ -1,0 +1,321 @@
+//! `krr-bench`: the tools that measure krr from outside: `loadtest` drives a running
+//! service over HTTP; `peers` loads Redis and PostgreSQL with the same persons and drives
+//! them with the same draws, for the side-by-side figures of `tools/bench-peers`.
+//!
+//! They live apart from the service so that the service binary links no Redis client and
+//! no histogram library it never uses.
+
+mod loadtest;
+mod peers;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use krr::dev::mint::{MASKINPORTEN, MintOptions, mint};
+use krr::model::fnr::PersonId;
+use krr::snapshot::Snapshot;
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "krr-bench",
+    version,
+    about = "Measure krr: the HTTP load generator and the Redis/PostgreSQL peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive a running service with lookups and/or PATCHes; print throughput and latency.
+    Loadtest(Box<LoadtestArgs>),
+    /// Load Redis and PostgreSQL with a snapshot's persons and drive them like `loadtest`
+    /// (the side-by-side comparison of `tools/bench-peers`).
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeersCommand {
+    /// Write every person of the snapshot to Redis (one key per person) and/or PostgreSQL
+    /// (table `persons`, jsonb).
+    Load {
+        /// The snapshot whose persons to load.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Redis URL, e.g. redis://127.0.0.1:6390/.
+        #[arg(long)]
+        redis: Option<String>,
+        /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5490/postgres.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Drive a loaded peer with batch lookups; print throughput and latency like `loadtest`.
+    Bench(PeersBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct PeersBenchArgs {
+    /// The snapshot the peer was loaded from: ids are drawn from it.
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Which peer.
+    #[arg(long, value_enum)]
+    target: peers::Peer,
+    /// The peer's URL.
+    #[arg(long)]
+    url: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Ids per lookup.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seed of the id draws (the same seed draws the same ids as `loadtest`).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct LoadtestArgs {
+    /// The service's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// The snapshot the service serves: ids are drawn from it (and PATCHes go to its
+    /// AKTIV persons).
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Token-signing key the service trusts (PEM), to mint the tokens with.
+    #[arg(long)]
+    key: PathBuf,
+    /// `kid` of that key in the service's JWKS.
+    #[arg(long)]
+    kid: Option<String>,
+    /// `iss` of the tokens.
+    #[arg(long, default_value = MASKINPORTEN)]
+    iss: String,
+    /// Scopes of the lookup token.
+    #[arg(
+        long,
+        default_value = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read"
+    )]
+    scope: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Stop after this many requests (across all connections).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Ids per lookup.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// v1 or v2 (v2 with inkluderIkkeRegistrerte).
+    #[arg(long, value_enum, default_value = "v1")]
+    api: loadtest::Api,
+    /// Percentage of requests that are PATCH /rest/v1/person (0-100).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    patch_percent: u8,
+    /// Distinct persons (user tokens) the PATCHes are spread over.
+    #[arg(long, default_value_t = 1000)]
+    patch_persons: usize,
+    /// Seed of the id draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write every lookup as a CSV line `sent_unix_us,latency_us,ok` to this file (to see
+    /// latency over time, e.g. around a snapshot swap).
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Loadtest(args) => run_loadtest(*args),
+        Command::Peers { command } => run_peers(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Exit 4 when any request failed, so scripts notice.
+fn exit_code(errors: u64) -> ExitCode {
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    }
+}
+
+/// The machine token for the lookups, and for PATCHes a user token for each of up to
+/// `--patch-persons` AKTIV persons spread over the snapshot.
+fn tokens(a: &LoadtestArgs, snap: &Snapshot, ids: &[PersonId]) -> anyhow::Result<Tokens> {
+    let key = std::fs::read(&a.key)?;
+    let base = MintOptions {
+        iss: a.iss.clone(),
+        kid: a.kid.clone(),
+        ttl: 4 * 3600,
+        ..MintOptions::default()
+    };
+    let machine = mint(
+        &key,
+        &MintOptions {
+            scope: a.scope.clone(),
+            ..base.clone()
+        },
+    )?;
+    let mut users = Vec::new();
+    if a.patch_percent > 0 {
+        let step = (ids.len() / a.patch_persons.max(1)).max(1);
+        for &id in ids.iter().step_by(step) {
+            if users.len() == a.patch_persons {
+                break;
+            }
+            if snap.get(id).is_some_and(|r| !r.is_slettet()) {
+                let digits = String::from_utf8(id.digits().to_vec())?;
+                let t = mint(
+                    &key,
+                    &MintOptions {
+                        scope: "krr:user/spraak.write".into(),
+                        pid: Some(digits),
+                        user: true,
+                        ..base.clone()
+                    },
+                )?;
+                users.push((id, t));
+            }
+        }
+    }
+    Ok(Tokens { machine, users })
+}
+
+struct Tokens {
+    machine: String,
+    users: Vec<(PersonId, String)>,
+}
+
+fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
+    let snap = Snapshot::open(&a.snapshot)?;
+    let ids: Vec<PersonId> = snap.ids().collect();
+    let tokens = tokens(&a, &snap, &ids)?;
+    drop(snap);
+    let opts = loadtest::LoadOptions {
+        target: a.target,
+        connections: a.connections,
+        duration: Duration::from_secs(a.duration),
+        requests: a.requests,
+        batch: a.batch,
+        api: a.api,
+        patch_percent: a.patch_percent,
+        ids: Arc::new(ids),
+        machine_token: tokens.machine,
+        user_tokens: Arc::new(tokens.users),
+        seed: a.seed,
+        timeline: a.timeline.is_some(),
+    };
+    let report = runtime()?.block_on(loadtest::run(opts.clone()))?;
+    if let Some(path) = &a.timeline {
+        let mut samples = report.timeline.clone();
+        samples.sort_unstable_by_key(|s| s.sent_unix_us);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(out, "sent_unix_us,latency_us,ok")?;
+        for s in &samples {
+            writeln!(
+                out,
+                "{},{},{}",
+                s.sent_unix_us,
+                s.latency_us,
+                u8::from(s.ok)
+            )?;
+        }
+        out.flush()?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(&opts))?);
+    } else {
+        print!("{}", report.to_text(&opts));
+    }
+    Ok(exit_code(report.error_count()))
+}
+
+fn run_peers(command: PeersCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PeersCommand::Load {
+            snapshot,
+            redis,
+            postgres,
+        } => {
+            anyhow::ensure!(
+                redis.is_some() || postgres.is_some(),
+                "nothing to load: give --redis and/or --postgres"
+            );
+            let snap = Snapshot::open(&snapshot)?;
+            let rt = runtime()?;
+            if let Some(url) = &redis {
+                rt.block_on(peers::load_redis(&snap, url, peers::REDIS_PIPELINE))?;
+            }
+            if let Some(url) = &postgres {
+                rt.block_on(peers::load_postgres(&snap, url))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PeersCommand::Bench(a) => {
+            let ids: Vec<PersonId> = Snapshot::open(&a.snapshot)?.ids().collect();
+            let opts = peers::PeerOptions {
+                peer: a.target,
+                url: a.url,
+                connections: a.connections,
+                duration: Duration::from_secs(a.duration),
+                batch: a.batch,
+                ids: Arc::new(ids),
+                seed: a.seed,
+            };
+            let report = runtime()?.block_on(peers::run(opts.clone()))?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&opts.report_json(&report))?
+                );
+            } else {
+                println!("{} ({} ids a request)", opts.peer.name(), opts.batch);
+                print!("{}", report.to_text(&opts.as_load_options()));
+            }
+            Ok(exit_code(report.error_count()))
+        }
+    }
+}

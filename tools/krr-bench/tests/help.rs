@@ -1,0 +1,51 @@
+//! `krr-bench loadtest` and `krr-bench peers …` take exactly the flags `krr loadtest` and
+//! `krr peers …` took (recorded in `tests/fixtures/cli-help/` of the service's crate), with
+//! the same texts and defaults; only the program name, the service's global `--log-format`
+//! (the load tool writes no logs) and so the column widths differ.
+
+use std::path::Path;
+use std::process::Command;
+
+/// `text` with every run of white space made one space (clap aligns columns by the longest
+/// flag, which the dropped option changes) and without the `--log-format` option.
+fn normalised(text: &str) -> String {
+    const LOG_FORMAT: &str = "--log-format <LOG_FORMAT> Log format on stderr: `text` \
+        (human-readable) or `json` (one object a line) [env: KRR_LOG_FORMAT=] [default: text] \
+        [possible values: text, json] ";
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ") + " ";
+    words.replace(LOG_FORMAT, "")
+}
+
+#[test]
+fn the_moved_commands_keep_their_flags() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cli-help");
+    for args in [
+        &["loadtest"][..],
+        &["peers"],
+        &["peers", "load"],
+        &["peers", "bench"],
+    ] {
+        let recorded =
+            std::fs::read_to_string(dir.join(format!("{}.txt", args.join("-")))).unwrap();
+        let want = normalised(&recorded).replace("Usage: krr ", "Usage: krr-bench ");
+        let mut all = args.to_vec();
+        all.push("--help");
+        let o = Command::new(env!("CARGO_BIN_EXE_krr-bench"))
+            .args(&all)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "krr-bench {all:?}");
+        let got = String::from_utf8(o.stdout).unwrap();
+        assert!(
+            recorded.contains("--log-format") && want.len() < normalised(&recorded).len(),
+            "the recorded help of {args:?} lost its --log-format option"
+        );
+        assert_eq!(
+            normalised(&got),
+            want,
+            "krr-bench {} --help",
+            args.join(" ")
+        );
+    }
+}
