@@ -1,6 +1,14 @@
 //! A batch of 1000 random ids, all groups: from the pre-rendered snapshot (what the service
 //! does) against rendering the same persons from in-memory structs at request time.
 
+// Test and bench code: a panic is the run failing, with its line; casts are on small
+// counts and measured values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

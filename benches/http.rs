@@ -4,6 +4,14 @@
 //! 1000 ids, all groups, a fresh draw of ids across the whole snapshot for every request.
 //! The library-level batch (no HTTP) is `benches/batch.rs`.
 
+// Test and bench code: a panic is the run failing, with its line; casts are on small
+// counts and measured values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::path::Path;

@@ -1,5 +1,13 @@
 //! Snapshot build (export → file) and open (map + verify + prefault).
 
+// Test and bench code: a panic is the run failing, with its line; casts are on small
+// counts and measured values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -1,6 +1,14 @@
 //! Metrics: present, changing, and free of personal numbers. Its own test binary, so the
 //! process-wide recorder holds only what this test did and the values can be exact.
 
+// Test and bench code: a panic is the run failing, with its line; casts are on small
+// counts and measured values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 #[path = "it/common/mod.rs"]
 mod common;
 

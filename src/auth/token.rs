@@ -144,7 +144,7 @@ impl Verifier {
 
     /// Verifies a compact JWT.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let skew = self.skew_secs as i64;
+        let skew = i64::try_from(self.skew_secs).unwrap_or(i64::MAX);
         let cached = CACHE.with(|c| {
             let mut c = c.borrow_mut();
             let c = c.entry(self.id).or_default();
@@ -237,7 +237,9 @@ impl Verifier {
     }
 
     fn principal(&self, c: Claims) -> Result<Principal, AuthError> {
-        if c.iat.is_some_and(|iat| iat > now() + self.skew_secs as i64) {
+        if c.iat.is_some_and(|iat| {
+            iat > now().saturating_add(i64::try_from(self.skew_secs).unwrap_or(i64::MAX))
+        }) {
             return Err(AuthError::Invalid("token issued in the future"));
         }
         let pid = match c.pid {

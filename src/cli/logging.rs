@@ -3,12 +3,11 @@
 
 use std::io::IsTerminal;
 
-/// `--log-format`.
+// `--log-format`: human-readable lines (ANSI colours on a terminal), or one JSON object a
+// line. (Plain comments: clap would show doc comments as value descriptions in `--help`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines (ANSI colours on a terminal).
     Text,
-    /// One JSON object a line.
     Json,
 }
 

@@ -148,7 +148,7 @@ pub fn synthetic_ids(count: u64, seed: u64) -> Result<Vec<PersonId>, GenerateErr
         }
         let (day, month, year, ind_base) = dates[(p / 500) as usize];
         let ind = ind_base + (p % 500) as u32;
-        let yy = (year % 100) as u32;
+        let yy = (year % 100).cast_unsigned();
         let first9 = [
             day / 10,
             day % 10,

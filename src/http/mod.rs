@@ -4,7 +4,7 @@
 //! - [`route`]: the one table of public routes (path, metric label, methods, handler) and
 //!   the request wrapper (span, metrics, access line);
 //! - [`request`]: what every handler shares: authentication, content negotiation, bodies;
-//! - [`personer`], [`person`], [`print`]: the handlers; [`error`]: the error body;
+//! - [`personer`], [`person`], [`print`](mod@print): the handlers; [`error`]: the error body;
 //!   [`jose`]: `application/jose`; [`admin`]: the admin listener.
 //!
 //! [`run`] accepts connections until `shutdown` resolves. **The request path takes no lock

@@ -203,7 +203,7 @@ pub fn decode(b: &[u8]) -> Result<(Entry, usize), FrameError> {
         return Err(FrameError::Checksum);
     }
     let seq = u64_at(8);
-    let at = Timestamp(u64_at(16) as i64);
+    let at = Timestamp(u64_at(16).cast_signed());
     let payload = &b[FRAME_HEADER_LEN..total];
     let change = match payload {
         [KIND_SET_SPRAAK, rest @ ..] if rest.len() == 9 => {

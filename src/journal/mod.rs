@@ -2,16 +2,16 @@
 //! is acknowledged.
 //!
 //! - [`Backend`] (this file): what the service needs of a journal; [`error`]: what goes
-//!   wrong; [`format`]: segment and record bytes (CRC32C-framed).
-//! - [`file`]: the journal as a directory of segment files, the single-machine default:
-//!   [`file::scan`] reads every segment in order (recovery at start-up, and `snapshot build
-//!   --journal`); [`Journal`] is the writer. One thread owns the open segment; PATCH handlers hand it their
-//!   change and wait. The thread takes every change queued while the previous sync ran,
+//!   wrong; [`format`](mod@format): segment and record bytes (CRC32C-framed).
+//! - [`file`](mod@file): the journal as a directory of segment files, the single-machine
+//!   default: [`scan`](fn@file::scan) reads every segment in order (recovery at start-up,
+//!   and `snapshot build --journal`); [`Journal`] is the writer. One thread owns the open
+//!   segment; PATCH handlers hand it their change and wait. The thread takes every change queued while the previous sync ran,
 //!   writes them with one `write`, makes them durable with one `fdatasync` (**group commit**),
 //!   applies them to the overlay, and only then answers each waiter. A failed write or sync
 //!   stops the process: nothing that might be lost is acknowledged, and recovery at the next
 //!   start cuts whatever was half written.
-//!   [`file::compact`] removes segments a snapshot has wholly folded in.
+//!   [`compact`](fn@file::compact) removes segments a snapshot has wholly folded in.
 //! - [`pg`]: the journal as a PostgreSQL table shared by every replica.
 //!
 //! [`Journal`] and [`pg::PgJournal`] implement [`Backend`] with the same semantics: an entry is acknowledged once durable,

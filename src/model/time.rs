@@ -74,7 +74,7 @@ impl Timestamp {
             .expect("a Unix instant maps to exactly one local time");
         let offset_secs = local.offset().fix().local_minus_utc();
         let mut buf = [0u8; 22];
-        let year = local.year().clamp(0, 9999) as u32;
+        let year = local.year().clamp(0, 9999).cast_unsigned();
         put4(&mut buf[0..4], year);
         buf[4] = b'-';
         put2(&mut buf[5..7], local.month());

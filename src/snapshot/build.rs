@@ -22,6 +22,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 use crate::model::time::Timestamp;
 use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
 use crate::render::{self, Segment};
+use crate::snapshot::error::{BuildError, LineError, MAX_REPORTED_ERRORS};
 use crate::snapshot::fold::{Fold, JournalFold};
 use crate::snapshot::format::{
     Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, HEADER_LEN, Header,
@@ -29,10 +30,8 @@ use crate::snapshot::format::{
 };
 use crate::snapshot::record::encode_record_header;
 use crate::snapshot::source::LineParser;
-use crate::snapshot::write::{assemble, write_atomically};
+use crate::snapshot::write::{Entry, Piece, assemble, write_atomically};
 
-/// How many line errors a failed build reports (the total is always given).
-pub const MAX_REPORTED_ERRORS: usize = 20;
 /// Size of the pieces the input is cut into for parallel parsing.
 const PIECE: usize = 4 << 20;
 
@@ -99,76 +98,6 @@ pub struct BuildTimings {
     pub assemble: std::time::Duration,
     /// Serialising and writing the file, up to and including fsync, rename and dir fsync.
     pub write: std::time::Duration,
-}
-
-/// One refused input line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LineError {
-    /// 1-based line number.
-    pub line: u64,
-    /// Why (never holds a personal number).
-    pub reason: String,
-}
-
-/// Why a build failed. Nothing is written when it fails.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// Reading the input or writing the output failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file concerned.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Some lines are invalid.
-    #[error("{}", invalid_message(.errors, *.total))]
-    Invalid {
-        /// The first errors, by line number.
-        errors: Vec<LineError>,
-        /// How many lines are invalid in all.
-        total: u64,
-    },
-    /// A limit of the format was exceeded.
-    #[error("{0}")]
-    Limit(String),
-    /// The journal to fold in is damaged.
-    #[error("{0}")]
-    Journal(String),
-}
-
-fn invalid_message(errors: &[LineError], total: u64) -> String {
-    let mut m = format!(
-        "{total} invalid line{} in the input; the first {}:",
-        if total == 1 { "" } else { "s" },
-        errors.len()
-    );
-    for e in errors {
-        m.push_str(&format!("\n  line {}: {}", e.line, e.reason));
-    }
-    m
-}
-
-/// A person's place: its key, its record's offset in its piece, its line.
-pub(super) struct Entry {
-    pub(super) key: u64,
-    pub(super) offset: u64,
-    pub(super) line: u64,
-}
-
-/// What one piece of the input became.
-#[derive(Default)]
-pub(super) struct Piece {
-    pub(super) records: Vec<u8>,
-    pub(super) entries: Vec<Entry>,
-    pub(super) certs: Vec<String>,
-    pub(super) errors: Vec<LineError>,
-    pub(super) error_count: u64,
-    pub(super) counts: Counts,
-    pub(super) newlines: u64,
-    pub(super) folded: u64,
-    pub(super) superseded: u64,
 }
 
 /// Builds a snapshot from the JSONL file `input` into `out`.
@@ -349,7 +278,7 @@ fn process_piece(bytes: &[u8], now: Timestamp, fold: &Fold) -> Piece {
                 Some(&n) => n,
                 None => {
                     if let Err(reason) = check_certificate(c) {
-                        fail(&mut piece, line, reason);
+                        fail(&mut piece, line, reason.to_string());
                         continue;
                     }
                     let n = piece.certs.len();
@@ -378,7 +307,7 @@ fn process_piece(bytes: &[u8], now: Timestamp, fold: &Fold) -> Piece {
             }
             Err(reason) => {
                 piece.records.truncate(offset as usize);
-                fail(&mut piece, line, reason);
+                fail(&mut piece, line, reason.to_string());
             }
         }
     }
@@ -398,12 +327,12 @@ fn count(c: &mut Counts, flags: u16) {
 }
 
 /// A certificate must be base64 (standard alphabet, padded) of a DER SEQUENCE.
-fn check_certificate(c: &str) -> Result<(), String> {
+fn check_certificate(c: &str) -> Result<(), &'static str> {
     let der = base64::engine::general_purpose::STANDARD
         .decode(c)
-        .map_err(|_| "sertifikat is not base64".to_string())?;
+        .map_err(|_| "sertifikat is not base64")?;
     if der.first() != Some(&0x30) || der.len() < 64 {
-        return Err("sertifikat is not a DER-encoded X.509 certificate".into());
+        return Err("sertifikat is not a DER-encoded X.509 certificate");
     }
     Ok(())
 }
@@ -414,7 +343,7 @@ pub(crate) fn write_record(
     now: Timestamp,
     cert: u16,
     out: &mut Vec<u8>,
-) -> Result<u16, String> {
+) -> Result<u16, &'static str> {
     let start = out.len();
     out.resize(start + RECORD_HEADER_LEN, 0);
     let aktiv = p.status == Status::Aktiv;
@@ -431,8 +360,7 @@ pub(crate) fn write_record(
     for (len, seg) in lens.iter_mut().zip(stored) {
         let before = out.len();
         render::write_segment(p, varsling, seg, out);
-        *len = u16::try_from(out.len() - before)
-            .map_err(|_| "record is too large to store".to_string())?;
+        *len = u16::try_from(out.len() - before).map_err(|_| "record is too large to store")?;
     }
     let cert = if aktiv { cert } else { NO_CERT };
     let mut flags = 0;

@@ -269,7 +269,7 @@ impl Header {
         let mut put64 = |at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
         put64(off::BODY_LEN, self.body_len);
         put64(off::BODY_CHECKSUM, self.body_checksum);
-        put64(off::BUILD_TIME, self.build_time.0 as u64);
+        put64(off::BUILD_TIME, self.build_time.0.cast_unsigned());
         put64(off::JOURNAL_SEQ, self.journal_seq);
         put64(off::RECORDS, self.counts.records);
         put64(off::AKTIV, self.counts.aktiv);
@@ -336,7 +336,7 @@ impl Header {
             version,
             body_len: u64_at(b, off::BODY_LEN),
             body_checksum: u64_at(b, off::BODY_CHECKSUM),
-            build_time: Timestamp(u64_at(b, off::BUILD_TIME) as i64),
+            build_time: Timestamp(u64_at(b, off::BUILD_TIME).cast_signed()),
             journal_seq: u64_at(b, off::JOURNAL_SEQ),
             counts: Counts {
                 records: u64_at(b, off::RECORDS),

@@ -9,7 +9,7 @@
 //! (a single-object PUT, atomic in S3), so a replica never sees a pointer to a half-uploaded
 //! snapshot. [`crate::store::follow`] polls `CURRENT`; when it names a snapshot that is not served, it
 //! downloads the object to a dot-file in the local snapshot directory, syncs it, checks its
-//! size, renames it to `<id>.krr`, and runs the ordinary reload path ([`Reloader`]), which
+//! size, renames it to `<id>.krr`, and runs the ordinary reload path ([`crate::store::reload::Reloader`]), which
 //! verifies it and swaps, or refuses it and keeps serving.
 //!
 //! [`publish`]: Remote::publish

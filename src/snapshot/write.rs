@@ -11,10 +11,30 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::render;
-use crate::snapshot::LineError;
-use crate::snapshot::build::{Entry, MAX_REPORTED_ERRORS, Piece};
+use crate::snapshot::error::{BuildError, LineError, MAX_REPORTED_ERRORS};
 use crate::snapshot::format::*;
-use crate::snapshot::{BuildError, Counts, Header};
+use crate::snapshot::format::{Counts, Header};
+
+/// A person's place: its key, its record's offset in its piece, its line.
+pub(super) struct Entry {
+    pub(super) key: u64,
+    pub(super) offset: u64,
+    pub(super) line: u64,
+}
+
+/// What one piece of the input became.
+#[derive(Default)]
+pub(super) struct Piece {
+    pub(super) records: Vec<u8>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) certs: Vec<String>,
+    pub(super) errors: Vec<LineError>,
+    pub(super) error_count: u64,
+    pub(super) counts: Counts,
+    pub(super) newlines: u64,
+    pub(super) folded: u64,
+    pub(super) superseded: u64,
+}
 
 /// Interns certificates across pieces, lines up the record pieces and fills the hash table.
 pub(super) fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {

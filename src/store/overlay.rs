@@ -282,7 +282,7 @@ mod tests {
     fn entry(seq: u64, id: PersonId, spraak: Spraak) -> Entry {
         Entry {
             seq,
-            at: Timestamp(1_795_176_000 + seq as i64),
+            at: Timestamp(1_795_176_000 + seq.cast_signed()),
             change: Change::SetSpraak { id, spraak },
         }
     }

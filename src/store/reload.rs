@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::journal::Backend;
+use crate::journal::{Backend, JournalError};
 use crate::metrics::{SNAPSHOT_BUILD_TIME, SNAPSHOT_INFO, SNAPSHOT_JOURNAL_SEQ, SNAPSHOT_RECORDS};
 use crate::snapshot::dir::candidates;
 use crate::snapshot::{Header, Snapshot};
@@ -194,8 +194,12 @@ impl Reloader {
             let started = Instant::now();
             match Snapshot::open(&path) {
                 Ok(snapshot) => {
-                    if let Err(reason) = self.install(snapshot) {
-                        return Outcome::Failed { reason };
+                    if let Err(e) = self.install(snapshot) {
+                        return Outcome::Failed {
+                            reason: format!(
+                                "the journal cannot be read, so the snapshot is not swapped in: {e}"
+                            ),
+                        };
                     }
                     let served = self.store.current();
                     let s = served.as_ref().expect("just published");
@@ -233,11 +237,9 @@ impl Reloader {
     /// Folds the journal entries `snapshot` does not hold into the overlay, then publishes
     /// it (which drops the entries it does hold). Replaying before the swap means no reader
     /// ever sees the new snapshot without a change it lacks.
-    fn install(&self, snapshot: Snapshot) -> Result<(), String> {
+    fn install(&self, snapshot: Snapshot) -> Result<(), JournalError> {
         if let Some(journal) = self.journal.get() {
-            let entries = journal.since(snapshot.header().journal_seq).map_err(|e| {
-                format!("the journal cannot be read, so the snapshot is not swapped in: {e}")
-            })?;
+            let entries = journal.since(snapshot.header().journal_seq)?;
             self.store.overlay().replay(&entries, Some(&snapshot));
         }
         let old = self.store.publish(snapshot);

@@ -1,5 +1,8 @@
 //! The journal on its own: group commit, recovery and its torn-tail policy, rotation,
 //! compaction, the single-writer lock, and folding into a snapshot build.
+//!
+//! Longer than 500 lines on purpose: the recovery cases are table-driven over committed
+//! journal bytes with the helpers at the top; they read best side by side.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,14 @@
 //!
 //! Run one area with `cargo test --test it <area>::`, e.g. `cargo test --test it journal::`.
 
+// Test and bench code: a panic is the run failing, with its line; casts are on small
+// counts and measured values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 mod citizen;

@@ -13,6 +13,9 @@
 //!
 //! PostgreSQL (initdb, pg_ctl) runs as the `postgres` user when the test runs as root;
 //! moto's `moto_server` is started on a free port. Both are preinstalled on the CI image.
+//!
+//! Longer than 500 lines on purpose: one end-to-end scenario whose steps build on each
+//! other (the same PostgreSQL, bucket and replicas throughout), and its harness.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The journal as a directory of segment files `<first sequence number>.journal`, written
-//! by one thread ([`writer`]), read back at start-up and by the builder ([`scan`]), and
-//! trimmed once a snapshot holds it ([`compact`]). One writer per directory (a `LOCK` file).
+//! by one thread ([`writer`]), read back at start-up and by the builder
+//! ([`scan`](mod@scan)), and trimmed once a snapshot holds it ([`compact`](mod@compact)). One writer per directory (a `LOCK` file).
 
 pub mod compact;
 pub mod scan;

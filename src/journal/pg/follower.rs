@@ -84,7 +84,7 @@ async fn follow_once(
             .await?
             .map_err(db)?
             .get(0);
-        let head = head.max(0) as u64;
+        let head = head.max(0).cast_unsigned();
         let after = *applied;
         if head < after {
             // Only a restore or a failover to a standby that lacked acknowledged commits
@@ -103,7 +103,7 @@ async fn follow_once(
         let mut caught_up = false;
         loop {
             let after = *applied;
-            let rows = bounded(client.query(&stmt, &[&(after as i64), &PAGE]))
+            let rows = bounded(client.query(&stmt, &[&after.cast_signed(), &PAGE]))
                 .await?
                 .map_err(db)?;
             if !caught_up {
@@ -133,7 +133,7 @@ async fn follow_once(
                 *applied = last;
                 stats.last_seq.fetch_max(last, Ordering::AcqRel);
                 metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(last as f64);
-                if (rows.len() as i64) == PAGE {
+                if i64::try_from(rows.len()) == Ok(PAGE) {
                     continue;
                 }
             }

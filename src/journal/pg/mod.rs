@@ -266,7 +266,7 @@ async fn read_since(
     let mut after = seq;
     loop {
         let rows = tx
-            .query(SINCE, &[&(after as i64), &PAGE])
+            .query(SINCE, &[&after.cast_signed(), &PAGE])
             .await
             .map_err(db)?;
         for row in &rows {
@@ -274,12 +274,12 @@ async fn read_since(
             after = e.seq;
             out.push(e);
         }
-        if (rows.len() as i64) < PAGE {
+        if i64::try_from(rows.len()).is_ok_and(|n| n < PAGE) {
             break;
         }
     }
     tx.commit().await.map_err(db)?;
-    Ok((out, head.max(0) as u64))
+    Ok((out, head.max(0).cast_unsigned()))
 }
 
 /// Reads the whole journal at `url` (for `krr snapshot build --journal-url`): every entry
@@ -296,7 +296,7 @@ pub async fn compact(url: &str, folded_seq: u64) -> Result<u64, JournalError> {
     client
         .execute(
             "DELETE FROM krr_journal WHERE seq <= $1",
-            &[&(folded_seq as i64)],
+            &[&folded_seq.cast_signed()],
         )
         .await
         .map_err(|e| JournalError::Database(reason(&e)))
@@ -360,7 +360,7 @@ impl PgJournal {
         client
             .execute(
                 "UPDATE krr_journal_head SET last_seq = $1 WHERE last_seq < $1",
-                &[&(after_seq as i64)],
+                &[&after_seq.cast_signed()],
             )
             .await
             .map_err(|e| JournalError::Database(reason(&e)))?;

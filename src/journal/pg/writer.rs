@@ -55,7 +55,7 @@ async fn commit_on(
         .map_err(during)?;
     let last: i64 = row.get(0);
     let at: i64 = row.get(1);
-    Ok((last as u64, Timestamp(at)))
+    Ok((last.max(0).cast_unsigned(), Timestamp(at)))
 }
 
 pub(super) async fn write_loop(
@@ -76,7 +76,7 @@ pub(super) async fn write_loop(
         }
         let persons: Vec<i64> = batch
             .iter()
-            .map(|r| r.change.person().key() as i64)
+            .map(|r| r.change.person().key().cast_signed())
             .collect();
         let spraak: Vec<&str> = batch
             .iter()

@@ -219,7 +219,7 @@ async fn postgres_part(
                 .context("an id of the snapshot is not in it")?;
             buf.clear();
             snapshot.write_record(&rec, Groups::ALL, None, &mut buf);
-            let key = id.key() as i64;
+            let key = id.key().cast_signed();
             writer.as_mut().write(&[&key, &Jsonb(&buf)]).await?;
         }
         progress(done, chunk.len() as u64, total, started, "postgres COPY");
@@ -466,7 +466,7 @@ async fn connection(opts: &PeerOptions, n: u64, conn: Conn, deadline: Instant) -
             Conn::Postgres(client, stmt) => {
                 draw(&opts.ids, opts.batch, &mut rng, &mut picks);
                 keys.clear();
-                keys.extend(picks.iter().map(|id| id.key() as i64));
+                keys.extend(picks.iter().map(|id| id.key().cast_signed()));
                 let sent = Instant::now();
                 let answer = client.query(&*stmt, &[&keys]).await;
                 let micros = sent.elapsed().as_micros() as u64;
