@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! The modules follow the data's path through the service, and each imports only modules
-//! listed above it here (no cycles):
+//! listed above it here (no cycles; `tools/import-graph` checks it in CI):
 //!
 //! ```text
 //! register export (JSONL) ─► snapshot::source ─► model ─► render ─► snapshot::build ─► *.krr
