@@ -103,20 +103,23 @@ pub enum StartError {
     #[error("loading the trusted keys")]
     Keys(#[source] JwksError),
     /// The response-signing key or certificate is unusable.
-    #[error("loading the response-signing key and certificate")]
-    Signing(#[source] JoseError),
+    #[error(transparent)]
+    Signing(JoseError),
     /// `--print-provider` is not an organisation number.
     #[error("--print-provider must be a 9-digit organisation number")]
     PrintProvider,
-    /// The print provider's certificate is unusable.
-    #[error("the print provider's certificate {}", .path.display())]
-    PrintCert {
+    /// The print provider's certificate cannot be read.
+    #[error("reading {}", .path.display())]
+    PrintCertFile {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: PrintCertError,
+        source: std::io::Error,
     },
+    /// The print provider's certificate is not one.
+    #[error(transparent)]
+    PrintCert(PrintCertError),
     /// `--snapshot-url` is malformed.
     #[error(transparent)]
     SnapshotUrl(RemoteError),
@@ -206,13 +209,13 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             if org.len() != 9 || !org.bytes().all(|c| c.is_ascii_digit()) {
                 return Err(StartError::PrintProvider);
             }
-            let body = std::fs::read_to_string(cert)
-                .map_err(PrintCertError::Read)
-                .and_then(|pem| print_body(org, &pem));
-            Some(body.map_err(|source| StartError::PrintCert {
-                path: cert.clone(),
-                source,
-            })?)
+            let pem = std::fs::read_to_string(cert).map_err(|source| {
+                StartError::PrintCertFile {
+                    path: cert.clone(),
+                    source,
+                }
+            })?;
+            Some(print_body(org, &pem).map_err(StartError::PrintCert)?)
         }
         None => None,
     };

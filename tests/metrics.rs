@@ -60,7 +60,14 @@ async fn metrics_are_present_and_change() {
     )
     .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
-    reload(&s).await;
+    // A file that is no snapshot: refused once by the reload below, counted once.
+    std::fs::write(
+        s.dir.path().join("snapshots/zz-not-a-snapshot.krr"),
+        vec![7u8; 300],
+    )
+    .unwrap();
+    let out = reload(&s).await;
+    assert_eq!(out["result"], "unchanged", "{out}");
     let after = scrape().await;
 
     let ok = r#"route="/rest/v1/personer",method="POST",status="200""#;
@@ -73,9 +80,20 @@ async fn metrics_are_present_and_change() {
         n(&after, "krr_persons_returned_total", "")
             >= n(&before, "krr_persons_returned_total", "") + 3.0
     );
-    assert!(
+    // This process runs this test alone, so these counts are exact: the start-up swap went
+    // through the reload path like every later one, and the admin reload found nothing newer
+    // and one file that is no snapshot.
+    assert_eq!(n(&before, "krr_reloads_total", r#"result="swapped""#), 1.0);
+    assert_eq!(
         n(&after, "krr_reloads_total", r#"result="unchanged""#)
-            >= n(&before, "krr_reloads_total", r#"result="unchanged""#) + 1.0
+            - n(&before, "krr_reloads_total", r#"result="unchanged""#),
+        1.0
+    );
+    assert_eq!(
+        n(&after, "krr_snapshot_refusals_total", "")
+            - n(&before, "krr_snapshot_refusals_total", ""),
+        1.0,
+        "{after}"
     );
     assert!(
         after.contains("krr_token_rejections_total{reason="),

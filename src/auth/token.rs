@@ -149,7 +149,7 @@ impl Verifier {
             let mut c = c.borrow_mut();
             let c = c.entry(self.id).or_default();
             match c.get(token) {
-                Some(p) if now() <= p.exp + skew => Some(Ok(p.clone())),
+                Some(p) if now() <= p.exp.saturating_add(skew) => Some(Ok(p.clone())),
                 Some(_) => {
                     c.remove(token);
                     Some(Err(AuthError::Invalid("token expired")))
@@ -166,7 +166,7 @@ impl Verifier {
             let c = c.entry(self.id).or_default();
             if c.len() >= CACHE_CAP {
                 let t = now();
-                c.retain(|_, p| p.exp + skew >= t);
+                c.retain(|_, p| p.exp.saturating_add(skew) >= t);
                 if c.len() >= CACHE_CAP {
                     c.clear();
                 }

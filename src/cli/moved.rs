@@ -4,8 +4,10 @@
 
 use std::process::ExitCode;
 
-/// Whatever was given after the old command name.
+/// Whatever was given after the old command name (`--help` included: it says where the
+/// tool went too).
 #[derive(clap::Args)]
+#[command(disable_help_flag = true)]
 pub struct Moved {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,

@@ -154,13 +154,8 @@ fn inspect(path: PathBuf, get: Option<String>) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "snapshot      {}", path.display())?;
     // Show the header even when the body turns out corrupt.
-    let mut head = [0u8; HEADER_LEN];
-    let header = std::fs::File::open(&path)
-        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Header::decode(&head).map_err(anyhow::Error::from));
-    if let Ok(h) = &header {
-        print_header(&mut out, h)?;
+    if let Ok(h) = Header::read(&path) {
+        print_header(&mut out, &h)?;
     }
     let started = Instant::now();
     match Snapshot::open(&path) {

@@ -7,13 +7,13 @@ use std::path::Path;
 #[non_exhaustive]
 pub enum KeyError {
     /// RSA key generation failed.
-    #[error("generating an RSA key")]
+    #[error(transparent)]
     Rsa(#[from] rsa::Error),
     /// The key could not be encoded as PKCS#8.
-    #[error("encoding the key as PKCS#8")]
+    #[error(transparent)]
     Pkcs8(#[from] rsa::pkcs8::Error),
     /// The certificate could not be made.
-    #[error("making the certificate")]
+    #[error(transparent)]
     Certificate(#[from] rcgen::Error),
 }
 

@@ -7,8 +7,9 @@
 //! - [`personer`], [`person`], [`print`](mod@print): the handlers; [`error`]: the error body;
 //!   [`jose`]: `application/jose`; [`admin`]: the admin listener.
 //!
-//! [`run`] accepts connections until `shutdown` resolves. **The request path takes no lock
-//! and does no file I/O**: it reads the snapshot through the store's lock-free guard,
+//! [`run`] accepts connections until `shutdown` resolves. **The request path does no file
+//! I/O and takes no lock shared by all requests** (ARCHITECTURE.md says which one it may
+//! take): it reads the snapshot through the store's lock-free guard,
 //! verifies tokens against keys held in memory (a cache hit for a reused token), and writes
 //! the answer into one buffer sized for the batch.
 //!

@@ -15,11 +15,8 @@ use crate::render::write_print_provider;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PrintCertError {
-    /// The file could not be read.
-    #[error("cannot read it")]
-    Read(#[source] std::io::Error),
     /// The PEM does not parse.
-    #[error("print certificate: {0}")]
+    #[error("print certificate")]
     Pem(#[from] pem::PemError),
     /// The PEM holds no `CERTIFICATE`.
     #[error("print certificate: no PEM certificate found")]

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::{Header, Snapshot};
+use crate::snapshot::{Header, Snapshot, SnapshotError};
 
 /// The `*.krr` files of `dir` whose headers decode, newest build first. Files whose header
 /// cannot be read are logged and skipped (the name only; nothing personal is in a path).
@@ -23,6 +23,10 @@ pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
         }
         match Header::read(&path) {
             Ok(h) => out.push((path, h)),
+            Err(e @ SnapshotError::Io { .. }) => {
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable")
+            }
             Err(e) => {
                 metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
                 tracing::warn!(file = %path.display(), cause = %e, "snapshot refused")

@@ -249,7 +249,9 @@ impl Remote {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let sent = async {
             let reading = || format!("reading {}", file.display());
-            let mut f = tokio::fs::File::open(file).await.map_err(io(reading()))?;
+            let mut f = tokio::fs::File::open(file)
+                .await
+                .map_err(io(format!("opening {}", file.display())))?;
             let mut buf = vec![0u8; PART];
             let mut sent = 0u64;
             loop {

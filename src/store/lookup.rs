@@ -65,9 +65,13 @@ pub fn write_personer(
     out: &mut Vec<u8>,
 ) -> BatchStats {
     let mut stats = BatchStats::default();
-    // One check per batch: with nothing changed, no id pays for the overlay.
-    let overlay = (opts.groups.contains(Groups::SPRAAK) && !overlay.is_empty())
-        .then(|| (overlay, overlay.filter()));
+    // One lock-free check per batch (the filter's flag): with nothing changed, no id pays
+    // for the overlay.
+    let overlay = opts
+        .groups
+        .contains(Groups::SPRAAK)
+        .then(|| (overlay, overlay.filter()))
+        .filter(|(_, filter)| !filter.is_empty());
     out.extend_from_slice(render::PERSONER_OPEN);
     let mut first = true;
     // Groups go through a pipeline: while group g is copied out, the records of group g + 1
@@ -148,6 +152,10 @@ pub fn write_person(
 ) -> bool {
     match snapshot.get(id) {
         Some(rec) => {
+            if !overlay.filter().may_hold(id) {
+                snapshot.write_record(&rec, groups, None, out);
+                return true;
+            }
             overlay.with_spraak(id, |spraak| {
                 snapshot.write_record(&rec, groups, spraak, out)
             });

@@ -18,10 +18,12 @@
 //! reader that loads the filter after an acknowledgement always finds the change's bit:
 //! either the apply set it in that filter, or the filter was built from the map after the
 //! apply.
+//! The filter also has a flag, set with its first bit: while it is clear, a whole batch
+//! (and a single-person read) skips the overlay after one load, with the same guarantee.
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -92,12 +94,16 @@ const FILTER_BITS: usize = 1 << 21;
 #[derive(Debug)]
 pub struct Filter {
     words: Box<[AtomicU64]>,
+    /// Set with the first bit: a filter that never had one answers "nothing changed" for a
+    /// whole batch without touching the map (whose emptiness check read-locks every shard).
+    any: AtomicBool,
 }
 
 impl Filter {
     fn new() -> Filter {
         Filter {
             words: (0..FILTER_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            any: AtomicBool::new(false),
         }
     }
 
@@ -112,6 +118,14 @@ impl Filter {
     fn set(&self, key: u64) {
         let (w, m) = Filter::bit(key);
         self.words[w].fetch_or(m, Ordering::Release);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// True when no change was applied since this filter was made (from an empty map):
+    /// every id is certainly not in the overlay. Same guarantee as [`Filter::may_hold`].
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
     }
 
     /// Hints the CPU to load `id`'s filter word (a batch does this with its slot prefetches).
@@ -220,7 +234,8 @@ impl Overlay {
         self.map.len()
     }
 
-    /// True when nothing is changed (checked once per request, not per id).
+    /// True when nothing is changed. Read-locks every shard of the map: the request path asks
+    /// the filter instead ([`Filter::is_empty`]).
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

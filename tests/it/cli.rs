@@ -317,10 +317,10 @@ fn token_mints_a_signed_jwt_with_the_claims_asked_for() {
 }
 
 /// `tests/fixtures/cli-help/<command>.txt` holds every command's `--help` as it was before
-/// the code moved into `src/cli/` (recorded from the binary of 8202171): the layout moves
-/// code, never a flag, a default or a text. The one difference is on purpose: `loadtest`
-/// and `peers` left the top-level list (they are `krr-bench`'s now, whose own test compares
-/// their flags with the same files).
+/// the code moved into `src/cli/` (recorded from the binary of 8202171, unedited): the
+/// layout moves code, never a flag, a default or a text. The one difference is on purpose
+/// and taken out here by name: `loadtest` and `peers` left the top-level list (they are
+/// `krr-bench`'s now, whose own test compares their flags with the same files).
 #[test]
 fn every_help_text_is_as_recorded() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cli-help");
@@ -345,7 +345,16 @@ fn every_help_text_is_as_recorded() {
         } else {
             args.join("-")
         };
-        let want = std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap();
+        let recorded = std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap();
+        let moved = ["  loadtest  ", "  peers     "];
+        let want: String = recorded
+            .lines()
+            .filter(|l| !args.is_empty() || !moved.iter().any(|m| l.starts_with(m)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if args.is_empty() {
+            assert_eq!(recorded.lines().count(), want.lines().count() + 2);
+        }
         let mut all: Vec<&str> = args.to_vec();
         all.push("--help");
         let o = Command::new(env!("CARGO_BIN_EXE_krr"))
@@ -370,6 +379,7 @@ fn loadtest_and_peers_say_where_they_moved() {
         &["loadtest", "--snapshot", "x.krr", "--key", "k.pem"][..],
         &["peers", "bench", "--target", "redis"],
         &["loadtest"],
+        &["loadtest", "--help"],
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_krr"))
             .args(args)

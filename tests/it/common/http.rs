@@ -19,7 +19,6 @@ use krr::app::{Config, Prepared, prepare};
 use krr::auth::JwksSource;
 use krr::dev::mint::{MintOptions, mint};
 use krr::http::{AppState, Limits};
-use krr::journal::JournalOptions;
 
 pub const ALL_SCOPES: &str = "krr:global/kontaktinformasjon.read krr:global/digitalpost.read";
 
@@ -99,16 +98,10 @@ pub async fn start(opts: Options) -> Server {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/certs/digipost.pem"),
         )),
         limits: opts.limits,
-        clock_skew: Duration::from_secs(60),
-        jwks_refresh: Duration::from_secs(300),
         journal_dir: dir.path().join("journal"),
-        journal: JournalOptions::default(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch: false,
-        snapshot_url: None,
-        journal_url: None,
-        pg: krr::journal::pg::PgOptions::default(),
-        snapshot_poll: Duration::from_secs(10),
+        ..Config::default()
     };
     let Prepared {
         listener,
