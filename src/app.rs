@@ -209,12 +209,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             if org.len() != 9 || !org.bytes().all(|c| c.is_ascii_digit()) {
                 return Err(StartError::PrintProvider);
             }
-            let pem = std::fs::read_to_string(cert).map_err(|source| {
-                StartError::PrintCertFile {
+            let pem =
+                std::fs::read_to_string(cert).map_err(|source| StartError::PrintCertFile {
                     path: cert.clone(),
                     source,
-                }
-            })?;
+                })?;
             Some(print_body(org, &pem).map_err(StartError::PrintCert)?)
         }
         None => None,

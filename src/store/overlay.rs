@@ -307,7 +307,15 @@ mod tests {
         let ids = crate::dev::generate::synthetic_ids(5000, 9).unwrap();
         let o = Overlay::new();
         assert!(o.is_empty());
+        assert!(
+            o.filter().is_empty(),
+            "a new overlay's filter says nothing changed"
+        );
         o.apply(&entry(2, ids[0], Spraak::Se));
+        assert!(
+            !o.filter().is_empty(),
+            "one change and the filter's flag is set"
+        );
         o.apply(&entry(1, ids[0], Spraak::Nn));
         let c = o.get(ids[0]).unwrap();
         assert_eq!((c.seq, c.spraak), (2, Spraak::Se));

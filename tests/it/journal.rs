@@ -517,6 +517,8 @@ fn folding_into_a_build() {
     // The overlay drops everything the folded snapshot holds.
     assert_eq!(overlay.prune(&folded), 1);
     assert!(overlay.is_empty());
+    // ...and the filter rebuilt from the empty map lets batches skip the overlay again.
+    assert!(overlay.filter().is_empty());
 
     // A missing journal directory is an error, not an empty fold.
     let err = build_file(
