@@ -1,4 +1,4 @@
-//! `krr loadtest`: drives a running service over HTTP/1.1 keep-alive connections and reports
+//! `krr-bench loadtest`: drives a running service over HTTP/1.1 keep-alive connections and reports
 //! throughput and latency.
 //!
 //! Every `/personer` request is a fresh draw of ids spread over the whole snapshot (a fixed

@@ -1,5 +1,5 @@
-//! `krr peers`: what an agency would otherwise use, loaded with the same register and
-//! driven the way `krr loadtest` drives the service, for a side-by-side comparison.
+//! `krr-bench peers`: what an agency would otherwise use, loaded with the same register and
+//! driven the way `krr-bench loadtest` drives the service, for a side-by-side comparison.
 //!
 //! - Redis: one key per person (the 11 digits) holding that person's full JSON exactly as
 //!   the service renders it with every group; a request is `MGET` of `batch` keys, and
@@ -11,6 +11,9 @@
 //! The ids are drawn exactly as [`crate::loadtest`] draws them ([`draw`], one ChaCha8
 //! stream per connection, seeded alike), so with the same seed every target is asked for the same
 //! persons. Reports are [`LoadReport`]s, printed the same way.
+//!
+//! A little over 500 lines: loading and driving both peers share the draws, the report and
+//! the connection loop, which would otherwise be split from what uses them.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -287,12 +290,12 @@ pub struct PeerOptions {
     pub batch: usize,
     /// Ids to draw from (every person of the snapshot).
     pub ids: Arc<Vec<PersonId>>,
-    /// Seed of the draws (as `krr loadtest --seed`).
+    /// Seed of the draws (as `krr-bench loadtest --seed`).
     pub seed: u64,
 }
 
 impl PeerOptions {
-    /// The same run described as `krr loadtest` options, for [`LoadReport::to_json`] and
+    /// The same run described as `krr-bench loadtest` options, for [`LoadReport::to_json`] and
     /// [`LoadReport::to_text`] (no target address, no tokens).
     pub fn as_load_options(&self) -> LoadOptions {
         LoadOptions {
@@ -311,7 +314,7 @@ impl PeerOptions {
         }
     }
 
-    /// The report as JSON: the keys of `krr loadtest --json`, with `api` and `target`
+    /// The report as JSON: the keys of `krr-bench loadtest --json`, with `api` and `target`
     /// naming the peer.
     pub fn report_json(&self, report: &LoadReport) -> serde_json::Value {
         let mut v = report.to_json(&self.as_load_options());
@@ -397,7 +400,7 @@ pub async fn run(opts: PeerOptions) -> anyhow::Result<LoadReport> {
 }
 
 async fn connection(opts: &PeerOptions, n: u64, conn: Conn, deadline: Instant) -> LoadReport {
-    // The same stream of draws as `krr loadtest` connection `n` with the same seed, drawn
+    // The same stream of draws as `krr-bench loadtest` connection `n` with the same seed, drawn
     // by the same function (prefetched, so the client costs the shared cores alike).
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let mut report = empty_report();
