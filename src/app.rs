@@ -4,6 +4,7 @@
 //! Start-up refuses to run without trust (a JWKS and at least one issuer). With no valid
 //! snapshot in the directory the service starts anyway and answers 503 until one is loaded.
 
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::auth::jwks::JwksError;
 use crate::auth::{JwksSource, KeyStore, Verifier};
 use crate::http::jose::JoseError;
-use crate::http::{AppState, JoseSigner, Limits, PrintCertError, print_body};
+use crate::http::{AppState, JoseSigner, Limits, PrintCertError, Signing, print_body};
 use crate::journal::pg::{PgJournal, PgOptions};
 use crate::journal::{Backend, Journal, JournalError, JournalOptions};
 use crate::ops::signals::{sd_notify, shutdown_signal};
@@ -62,6 +63,9 @@ pub struct Config {
     pub snapshot_url: Option<String>,
     /// How often the published pointer is read.
     pub snapshot_poll: Duration,
+    /// A new snapshot with more than this share (percent) fewer persons than the served
+    /// one is refused (unless a reload allows it).
+    pub max_shrink_percent: f64,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             watch: true,
             snapshot_url: None,
             snapshot_poll: Duration::from_secs(10),
+            max_shrink_percent: crate::store::reload::DEFAULT_MAX_SHRINK_PERCENT,
         }
     }
 }
@@ -201,7 +206,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         config.clock_skew.as_secs(),
     );
     let signer = match &config.signing {
-        Some((key, cert)) => Some(JoseSigner::load(key, cert).map_err(StartError::Signing)?),
+        Some((key, cert)) => Some(Signing::new(
+            JoseSigner::load(key, cert).map_err(StartError::Signing)?,
+            Signing::default_concurrency(),
+        )),
         None => None,
     };
     let print = match &config.print {
@@ -217,6 +225,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             Some(print_body(org, &pem).map_err(StartError::PrintCert)?)
         }
         None => None,
+    };
+    let print_jose = match (&print, &signer) {
+        (Some(body), Some(signing)) => Some(Bytes::from(signing.signer().sign(body))),
+        _ => None,
     };
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
@@ -241,7 +253,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // The first snapshot comes through the one reload path, like every later one. The
     // journal is attached after it is recovered against that snapshot (below); no other
     // trigger exists before then.
-    let reloader = Arc::new(Reloader::new(store.clone(), config.snapshot_dir.clone()));
+    let reloader = Arc::new(
+        Reloader::new(store.clone(), config.snapshot_dir.clone())
+            .with_max_shrink(config.max_shrink_percent),
+    );
     match reloader.reload("start-up").await {
         Outcome::Swapped { .. } => {}
         Outcome::Unchanged { .. } => tracing::warn!(
@@ -280,6 +295,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         verifier,
         signer,
         print_body: print,
+        print_jose,
         limits: config.limits,
         journal: Some(journal),
         reloader: Some(reloader),

@@ -50,6 +50,11 @@ pub const JOURNAL_RECORDS: &str = "krr_journal_records_total";
 pub const OVERLAY_ENTRIES: &str = "krr_overlay_entries";
 /// 1 while the service is ready.
 pub const READY: &str = "krr_ready";
+/// Connections closed because the client took none of its answer in time.
+pub const CONNECTIONS_TIMED_OUT: &str = "krr_connections_timed_out_total";
+/// 1 while the journal refuses changes (disk full, I/O error, or stopped after a failed
+/// fsync), by reason.
+pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 
 /// The process-wide recorder (installed on first use; later calls share it).
 pub fn handle() -> &'static PrometheusHandle {
@@ -119,7 +124,7 @@ fn describe() {
     );
     describe_counter!(
         JOURNAL_FAILURES,
-        "changes refused because the journal database could not commit them"
+        "changes refused because the journal (its disk or its database) could not commit them"
     );
     describe_histogram!(
         JOURNAL_FSYNC_SECONDS,
@@ -129,4 +134,12 @@ fn describe() {
     describe_counter!(JOURNAL_RECORDS, "changes made durable by the journal");
     describe_gauge!(OVERLAY_ENTRIES, "changed persons not yet in a snapshot");
     describe_gauge!(READY, "1 while the service is ready to answer");
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "connections closed because the client took none of its answer within --write-timeout"
+    );
+    describe_gauge!(
+        JOURNAL_REFUSING,
+        "1 while the journal refuses changes (reason: no-space, io-error, fsync-failed)"
+    );
 }

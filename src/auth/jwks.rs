@@ -101,6 +101,8 @@ pub struct KeySet {
 impl KeySet {
     /// Parses a JWKS document, keeping the RSA and P-256 signature keys.
     pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
+        crate::model::json::check_depth(json, crate::model::json::MAX_DEPTH)
+            .map_err(|e| JwksError::Parse(e.to_string()))?;
         let set: JwkSet =
             serde_json::from_slice(json).map_err(|e| JwksError::Parse(e.to_string()))?;
         let mut out = KeySet::default();

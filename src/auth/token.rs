@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::auth::jwks::{Family, KeyStore};
 use crate::auth::scopes::Grants;
 use crate::model::fnr::PersonId;
+use crate::model::json::{MAX_DEPTH, check_depth};
 
 /// Why a request is not authenticated. Descriptions are fixed strings: never a token value,
 /// never a personal number.
@@ -61,11 +62,17 @@ impl Principal {
 struct Header {
     alg: String,
     kid: Option<String>,
+    /// RFC 7515 §4.1.11: extensions the recipient must understand. This service
+    /// understands none, so a token that names any is refused.
+    crit: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     exp: i64,
+    /// Checked here too: the library also takes an array holding the issuer, and the
+    /// contract says `iss` *equals* a trusted issuer.
+    iss: serde_json::Value,
     iat: Option<i64>,
     #[serde(default)]
     scope: String,
@@ -82,12 +89,24 @@ struct Consumer {
 
 /// Most tokens kept in one thread's verified-token cache.
 const CACHE_CAP: usize = 50_000;
+/// Most bytes of tokens kept in one thread's cache (tokens are up to the header limit
+/// long; by count alone 50 000 tokens of 22 KB would hold a gigabyte).
+const CACHE_BYTES: usize = 16 << 20;
+/// Longer tokens are verified every time rather than cached.
+const CACHE_MAX_TOKEN: usize = 8 * 1024;
 
 thread_local! {
     /// Verified tokens of this thread, keyed by (verifier, token): several verifiers with
     /// different trust may live in one process (tests do that).
-    static CACHE: std::cell::RefCell<HashMap<u64, HashMap<String, Arc<Principal>>>> =
+    static CACHE: std::cell::RefCell<HashMap<u64, Cache>> =
         std::cell::RefCell::new(HashMap::new());
+}
+
+/// One verifier's verified tokens on one thread, and their bytes.
+#[derive(Default)]
+struct Cache {
+    tokens: HashMap<String, Arc<Principal>>,
+    bytes: usize,
 }
 
 static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
@@ -148,10 +167,11 @@ impl Verifier {
         let cached = CACHE.with(|c| {
             let mut c = c.borrow_mut();
             let c = c.entry(self.id).or_default();
-            match c.get(token) {
+            match c.tokens.get(token) {
                 Some(p) if now() <= p.exp.saturating_add(skew) => Some(Ok(p.clone())),
                 Some(_) => {
-                    c.remove(token);
+                    c.tokens.remove(token);
+                    c.bytes = c.bytes.saturating_sub(token.len());
                     Some(Err(AuthError::Invalid("token expired")))
                 }
                 None => None,
@@ -161,17 +181,27 @@ impl Verifier {
             return hit;
         }
         let principal = Arc::new(self.verify_uncached(token).await?);
+        if token.len() > CACHE_MAX_TOKEN {
+            return Ok(principal);
+        }
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             let c = c.entry(self.id).or_default();
-            if c.len() >= CACHE_CAP {
+            if c.tokens.len() >= CACHE_CAP || c.bytes + token.len() > CACHE_BYTES {
                 let t = now();
-                c.retain(|_, p| p.exp.saturating_add(skew) >= t);
-                if c.len() >= CACHE_CAP {
-                    c.clear();
+                c.tokens.retain(|_, p| p.exp.saturating_add(skew) >= t);
+                c.bytes = c.tokens.keys().map(String::len).sum();
+                if c.tokens.len() >= CACHE_CAP || c.bytes + token.len() > CACHE_BYTES {
+                    c.tokens.clear();
+                    c.bytes = 0;
                 }
             }
-            c.insert(token.to_owned(), principal.clone());
+            if c.tokens
+                .insert(token.to_owned(), principal.clone())
+                .is_none()
+            {
+                c.bytes += token.len();
+            }
         });
         Ok(principal)
     }
@@ -193,6 +223,11 @@ impl Verifier {
             }
             _ => return Err(AuthError::Invalid("token alg is not accepted")),
         };
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid(
+                "token names critical header extensions (crit) this service does not understand",
+            ));
+        }
         let family = Family::of(alg).expect("accepted algorithms have a family");
         let kid = header.kid.as_deref();
         let mut keys = self.keys.current();
@@ -237,6 +272,18 @@ impl Verifier {
     }
 
     fn principal(&self, c: Claims) -> Result<Principal, AuthError> {
+        if !c
+            .iss
+            .as_str()
+            .is_some_and(|iss| self.issuers.iter().any(|i| i == iss))
+        {
+            return Err(AuthError::Invalid("wrong issuer"));
+        }
+        if c.exp > crate::model::time::MAX.0 {
+            // No issuer mints tokens valid past 2099; such a value is an attack on
+            // arithmetic, not a lifetime.
+            return Err(AuthError::Invalid("token exp is out of range"));
+        }
         if c.iat.is_some_and(|iat| {
             iat > now().saturating_add(i64::try_from(self.skew_secs).unwrap_or(i64::MAX))
         }) {
@@ -295,6 +342,9 @@ fn read_header(token: &str) -> Result<Header, AuthError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| malformed.clone())?;
+    // The header is read before the signature is checked: guard it like any body. (The
+    // claims are parsed only after the signature holds, by serde_json, depth-limited.)
+    check_depth(&bytes, MAX_DEPTH).map_err(|_| malformed.clone())?;
     serde_json::from_slice(&bytes).map_err(|_| malformed)
 }
 

@@ -20,6 +20,10 @@ pub enum JournalCommand {
         /// Inspect the journal in PostgreSQL instead.
         #[arg(long, env = "KRR_JOURNAL_URL")]
         journal_url: Option<String>,
+        /// Where the served snapshots are: the newest valid one's folded sequence number
+        /// decides whether every change the journal must still hold is there.
+        #[arg(long, env = "KRR_SNAPSHOT_DIR", default_value = "snapshots")]
+        snapshot_dir: PathBuf,
     },
     /// Create the PostgreSQL journal's tables (idempotent; the service also does it).
     Init {
@@ -68,7 +72,11 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        JournalCommand::Inspect { journal_dir, .. } => {
+        JournalCommand::Inspect {
+            journal_dir,
+            snapshot_dir,
+            ..
+        } => {
             let scan = krr::journal::scan(&journal_dir, krr::journal::Mode::ReadOnly)?;
             let mut out = std::io::stdout().lock();
             for seg in &scan.segments {
@@ -87,6 +95,32 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
                 scan.entries.len(),
                 scan.last_seq()
             )?;
+            for (first, last) in &scan.gaps {
+                writeln!(
+                    out,
+                    "gap           sequence {first} to {last} is in no segment"
+                )?;
+            }
+            if let Some(h) = scan.head {
+                writeln!(out, "head          newest segment created starts at {h}")?;
+            }
+            // Against the served snapshot when there is one; without, only HEAD can tell.
+            let served = open_newest(&snapshot_dir).ok().flatten();
+            let folded = served.as_ref().map_or(u64::MAX, |s| s.header().journal_seq);
+            let complete = scan.check_complete(&journal_dir, folded);
+            match (&complete, &served) {
+                (Ok(()), Some(s)) => writeln!(
+                    out,
+                    "complete      yes: every change above sequence {folded} (folded into snapshot {}) is here",
+                    s.id()
+                )?,
+                (Ok(()), None) => writeln!(
+                    out,
+                    "complete      unknown: no valid snapshot in {} to check against",
+                    snapshot_dir.display()
+                )?,
+                (Err(e), _) => writeln!(out, "complete      NO: {e}")?,
+            }
             match &scan.cut {
                 None => writeln!(out, "tail          clean")?,
                 Some(c) => writeln!(
@@ -98,7 +132,11 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
                     c.file.display()
                 )?,
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if complete.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         JournalCommand::Compact {
             journal_dir,

@@ -75,6 +75,15 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body.
     #[arg(long, env = "KRR_BODY_TIMEOUT", default_value_t = 10)]
     body_timeout: u64,
+    /// Refuse a new snapshot with more than this many percent fewer persons than the
+    /// served one (an empty or cut export); `POST /admin/reload?allow-shrink=true` serves
+    /// it anyway.
+    #[arg(long, env = "KRR_MAX_SHRINK", default_value_t = 1.0)]
+    max_shrink: f64,
+    /// Seconds a connection may go without taking any of its answer before it is closed
+    /// (slow or stalled readers lose their connection slot).
+    #[arg(long, env = "KRR_WRITE_TIMEOUT", default_value_t = 30)]
+    write_timeout: u64,
     /// Allowed clock skew in seconds for exp, nbf and iat.
     #[arg(long, env = "KRR_CLOCK_SKEW", default_value_t = 60)]
     clock_skew: u64,
@@ -124,6 +133,7 @@ fn config(a: ServeArgs) -> Config {
             max_body_bytes: a.max_body_bytes,
             header_timeout: Duration::from_secs(a.header_timeout),
             body_timeout: Duration::from_secs(a.body_timeout),
+            write_timeout: Duration::from_secs(a.write_timeout.max(1)),
             shutdown_grace: Duration::from_secs(a.shutdown_grace),
         },
         clock_skew: Duration::from_secs(a.clock_skew),
@@ -143,5 +153,6 @@ fn config(a: ServeArgs) -> Config {
         watch: !a.no_watch,
         snapshot_url: a.snapshot_url,
         snapshot_poll: Duration::from_secs_f64(a.snapshot_poll.clamp(0.05, 86_400.0)),
+        max_shrink_percent: a.max_shrink,
     }
 }

@@ -120,7 +120,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         }
         Handler::Reload => match &state.reloader {
             Some(reloader) => {
-                let outcome = reloader.reload("admin").await;
+                // `?allow-shrink=true`: the operator serves a snapshot that lost more
+                // persons than --max-shrink allows, on purpose.
+                let allow_shrink = req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "allow-shrink=true"));
+                let outcome = reloader.reload_with("admin", allow_shrink).await;
                 let status = match outcome {
                     Outcome::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     _ => StatusCode::OK,

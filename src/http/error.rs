@@ -89,14 +89,15 @@ impl ApiError {
         err
     }
 
-    /// The response for a request to `path`.
+    /// The response for a request to `path` (decoded and redacted in the body: `%30%35…`
+    /// spells digits as well).
     pub fn into_response(self, path: &str) -> Response<Full<Bytes>> {
         let mut body = Vec::with_capacity(128);
         crate::render::write_error(
             self.status.as_u16(),
             self.status.canonical_reason().unwrap_or(""),
             &self.message,
-            &crate::model::redact::redact_digits(path),
+            &crate::model::redact::redact_digits(&percent_decoded(path)),
             &mut body,
         );
         let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -116,5 +117,52 @@ impl ApiError {
             h.insert(RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+/// `path` with `%XX` escapes decoded (repeatedly, so `%2530` is caught too; invalid
+/// escapes stay as they are, bytes that are not UTF-8 become U+FFFD).
+fn percent_decoded(path: &str) -> String {
+    let mut text = path.to_owned();
+    for _ in 0..3 {
+        if !text.contains('%') {
+            break;
+        }
+        let b = text.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i] == b'%'
+                && let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                )
+            {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        text = String::from_utf8_lossy(&out).into_owned();
+    }
+    text
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn escapes_are_decoded_before_redaction() {
+        let spelled = "/rest/v1/x/%30%35%38%33%38%30%39%39%38%36%35";
+        assert_eq!(percent_decoded(spelled), "/rest/v1/x/05838099865");
+        assert_eq!(
+            crate::model::redact::redact_digits(&percent_decoded("/a/%2530%2535838099865")),
+            "/a/…"
+        );
+        assert_eq!(percent_decoded("/a%zz%4"), "/a%zz%4");
     }
 }

@@ -3,6 +3,9 @@
 //! the certificate alone.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -30,6 +33,50 @@ pub enum JoseError {
     #[error("signing certificate: no PEM certificate found")]
     Cert,
 }
+
+/// The signer as the request path uses it: RSA signing (about a millisecond of CPU) runs
+/// on the blocking pool, at most `concurrency` at a time, so a client asking for JOSE
+/// answers slows itself (it waits for a slot), never the runtime workers that answer
+/// everyone else.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    signer: Arc<JoseSigner>,
+    slots: Arc<Semaphore>,
+}
+
+impl Signing {
+    /// Signing with at most `concurrency` (at least 1) signatures at a time.
+    pub fn new(signer: JoseSigner, concurrency: usize) -> Signing {
+        Signing {
+            signer: Arc::new(signer),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// As many slots as half the cores (at least one).
+    pub fn default_concurrency() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get() / 2)
+    }
+
+    /// The signer itself (for answers signed once, at start).
+    pub fn signer(&self) -> &JoseSigner {
+        &self.signer
+    }
+
+    /// Signs `payload` off the runtime workers; waits for a slot first.
+    pub async fn sign(&self, payload: Vec<u8>) -> Result<Vec<u8>, SignError> {
+        let _slot = self.slots.acquire().await.map_err(|_| SignError)?;
+        let signer = self.signer.clone();
+        tokio::task::spawn_blocking(move || signer.sign(&payload))
+            .await
+            .map_err(|_| SignError)
+    }
+}
+
+/// Signing could not be done (the blocking pool is gone: the runtime is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the answer could not be signed")]
+pub struct SignError;
 
 /// Signs answers as compact JWS.
 pub struct JoseSigner {

@@ -18,6 +18,7 @@
 //! most `max_body_bytes`.
 
 pub mod admin;
+pub mod conn;
 pub mod error;
 pub mod jose;
 pub mod person;
@@ -35,7 +36,7 @@ use bytes::Bytes;
 use crate::auth::Verifier;
 use crate::store::Store;
 
-pub use jose::JoseSigner;
+pub use jose::{JoseSigner, SignError, Signing};
 pub use print::{PrintCertError, print_body};
 pub use server::{Listener, run, serve};
 
@@ -59,6 +60,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed for a request's body.
     pub body_timeout: Duration,
+    /// Time a connection may take none of its answer before it is closed.
+    pub write_timeout: Duration,
     /// At shutdown, time allowed for requests in flight to finish.
     pub shutdown_grace: Duration,
 }
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -83,9 +87,11 @@ pub struct AppState {
     /// Token verification.
     pub verifier: Verifier,
     /// Signs `application/jose` answers, when configured.
-    pub signer: Option<JoseSigner>,
+    pub signer: Option<Signing>,
     /// The pre-rendered `printSertifikat` answer, when configured.
     pub print_body: Option<Bytes>,
+    /// The same answer signed, once at start (it never changes), when a signer is configured.
+    pub print_jose: Option<Bytes>,
     /// Limits.
     pub limits: Limits,
     /// Where PATCHes are made durable (`None`: the service takes no changes, PATCH is 503).

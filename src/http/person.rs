@@ -36,16 +36,16 @@ pub async fn person<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiEr
     }
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(1);
     tracing::Span::current().record("persons", 1);
-    Ok(answer(state, format, out))
+    answer(state, format, out).await
 }
 
 /// Parses a PATCH body: exactly `{"spraak":"nb"|"nn"|"en"|"se"}`.
 pub fn parse_spraak(body: &mut [u8]) -> Result<Spraak, ApiError> {
-    let value = simd_json::to_borrowed_value(body)
-        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))?;
+    let value = crate::http::personer::parse_body(body)?;
     let obj = value
         .as_object()
         .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    crate::http::personer::refuse_duplicates(obj, &["spraak"])?;
     if obj.keys().any(|k| k != "spraak") {
         // The field's name is not echoed: it could be anything, a personal number included.
         return Err(ApiError::bad_request(
@@ -132,6 +132,18 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
                 "the journal database is unavailable; the change was not made, try again later",
             ))
         }
+        Err(JournalError::Refused(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal cannot take changes now (its disk is full or failing); the change was not made, try again later",
+        )),
+        Err(JournalError::Uncertain(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal could not confirm the change; it may or may not have been made, setting it again is safe",
+        )),
+        Err(JournalError::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal takes no changes until the service is restarted; the change was not made",
+        )),
         Err(e) => {
             tracing::error!(cause = %e, "journal append failed");
             Err(ApiError::new(
@@ -180,6 +192,15 @@ mod tests {
         assert_eq!(
             p("[]"),
             Err("request body must be a JSON object".to_string())
+        );
+        assert_eq!(
+            p(r#"{"spraak":"nb","spraak":"en"}"#),
+            Err("request body has spraak more than once".to_string())
+        );
+        let deep = r#"{"spraak":"#.repeat(5_000) + r#""nb""# + &"}".repeat(5_000);
+        assert_eq!(
+            p(&deep),
+            Err("request body: JSON is nested deeper than 64 levels".to_string())
         );
     }
 }

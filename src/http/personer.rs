@@ -9,6 +9,7 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, require_json};
 use crate::model::fnr::PersonId;
+use crate::model::json::{MAX_DEPTH, check_depth};
 use crate::store::lookup::{BatchOptions, write_personer};
 
 /// Most ids in one request.
@@ -26,11 +27,11 @@ pub struct PersonerRequest {
 /// Parses `{"personidentifikatorer":[…],"inkluderIkkeRegistrerte":…}` (simd-json, in place).
 /// Messages name the problem and the position, never an id.
 pub fn parse_personer(body: &mut [u8], v2: bool) -> Result<PersonerRequest, ApiError> {
-    let value = simd_json::to_borrowed_value(body)
-        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))?;
+    let value = parse_body(body)?;
     let obj = value
         .as_object()
         .ok_or_else(|| ApiError::bad_request("request body must be a JSON object"))?;
+    refuse_duplicates(obj, &["personidentifikatorer", "inkluderIkkeRegistrerte"])?;
     let list = obj
         .get("personidentifikatorer")
         .filter(|v| !v.is_null())
@@ -69,6 +70,32 @@ pub fn parse_personer(body: &mut [u8], v2: bool) -> Result<PersonerRequest, ApiE
         ids,
         inkluder_ikke_registrerte: inkluder,
     })
+}
+
+/// Parses a request body into a DOM after the nesting guard ([`check_depth`]): a body of
+/// `[[[[…]]]]` is a 400, never a stack overflow of the parser.
+pub(crate) fn parse_body(body: &mut [u8]) -> Result<simd_json::BorrowedValue<'_>, ApiError> {
+    check_depth(body, MAX_DEPTH)
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    simd_json::to_borrowed_value(body)
+        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))
+}
+
+/// A key the service reads that occurs twice is refused (parsers disagree on which one
+/// wins, so a body that means two things is not guessed at). Other keys are ignored,
+/// duplicated or not, and never echoed.
+pub(crate) fn refuse_duplicates(
+    obj: &simd_json::borrowed::Object<'_>,
+    read: &[&str],
+) -> Result<(), ApiError> {
+    for key in read {
+        if obj.iter().filter(|(k, _)| k == key).nth(1).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "request body has {key} more than once"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /rest/v1|v2/personer`: a batch of up to [`MAX_IDS`] persons.
@@ -117,7 +144,7 @@ pub async fn personer(
         };
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(returned as u64);
     tracing::Span::current().record("persons", returned);
-    Ok(answer(state, format, out))
+    answer(state, format, out).await
 }
 
 #[cfg(test)]
@@ -212,5 +239,32 @@ mod tests {
             vec![r#""11822648950""#; 1000].join(",")
         );
         check(&max, false, Ok((1000, false)));
+    }
+
+    #[test]
+    fn deep_nesting_and_repeated_keys_are_refused() {
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let too_deep = Err("request body: JSON is nested deeper than 64 levels");
+        check(&deep, false, too_deep);
+        let hidden = format!(r#"{{"personidentifikatorer":["11822648950"],"x":{deep}}}"#);
+        check(&hidden, true, too_deep);
+        let objects = r#"{"a":"#.repeat(10_000) + "1" + &"}".repeat(10_000);
+        check(&objects, false, too_deep);
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"personidentifikatorer":[]}"#,
+            false,
+            Err("request body has personidentifikatorer more than once"),
+        );
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":false,"inkluderIkkeRegistrerte":true}"#,
+            true,
+            Err("request body has inkluderIkkeRegistrerte more than once"),
+        );
+        // Keys the service does not read may repeat.
+        check(
+            r#"{"personidentifikatorer":["11822648950"],"x":1,"x":2}"#,
+            false,
+            Ok((1, false)),
+        );
     }
 }

@@ -6,9 +6,9 @@ use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::request::{Resp, answer, negotiate};
+use crate::http::request::{Resp, negotiate, with_type};
+use crate::http::{AppState, Format};
 use crate::render::write_print_provider;
 
 /// Why the print provider's certificate cannot be served.
@@ -44,8 +44,11 @@ pub fn print_sertifikat<B>(state: &AppState, req: &Request<B>) -> Result<Resp, A
             "no print provider is configured for this service",
         )
     })?;
-    let format = negotiate(req.headers(), state.signer.is_some())?;
-    Ok(answer(state, format, body.to_vec()))
+    // Signed once at start: the answer never changes, so neither does its signature.
+    Ok(match negotiate(req.headers(), state.signer.is_some())? {
+        Format::Jose => with_type(state.print_jose.clone().unwrap_or(body), "application/jose"),
+        Format::Json => with_type(body, "application/json"),
+    })
 }
 
 /// The OpenAPI 3.1 document of the public API.

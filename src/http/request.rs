@@ -131,13 +131,25 @@ pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Vec<u
     }
 }
 
-/// A 200 answer of `json`, signed when `format` is JOSE.
-pub fn answer(state: &AppState, format: Format, json: Vec<u8>) -> Resp {
+/// A 200 answer of `json`, signed when `format` is JOSE (on the bounded signing pool,
+/// see [`Signing`](crate::http::Signing)).
+pub async fn answer(state: &AppState, format: Format, json: Vec<u8>) -> Result<Resp, ApiError> {
     let (body, content_type) = match (format, &state.signer) {
-        (Format::Jose, Some(signer)) => (signer.sign(&json), "application/jose"),
+        (Format::Jose, Some(signer)) => (
+            signer
+                .sign(json)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
+            "application/jose",
+        ),
         _ => (json, "application/json"),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    Ok(with_type(Bytes::from(body), content_type))
+}
+
+/// A 200 answer of `body` with `content_type`.
+pub fn with_type(body: Bytes, content_type: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(body));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

@@ -18,8 +18,8 @@ use crate::http::error::ApiError;
 use crate::http::request::Resp;
 use crate::http::{person, personer, print};
 
-/// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (the admin listener);
-/// the public API answers `GET` only.
+/// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (RFC 9110 §9.3.2: the
+/// same status and headers, no body; hyper leaves the body out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
     /// `GET`.
@@ -116,29 +116,29 @@ pub const ROUTES: &[Route<Handler>] = &[
     Route {
         path: "/rest/v1/person",
         methods: &[
-            (Verb::Get, Handler::Person),
+            (Verb::GetOrHead, Handler::Person),
             (Verb::Patch, Handler::PatchPerson),
         ],
         allow: "GET, PATCH",
     },
     Route {
         path: "/rest/v2/person",
-        methods: &[(Verb::Get, Handler::Person)],
+        methods: &[(Verb::GetOrHead, Handler::Person)],
         allow: "GET",
     },
     Route {
         path: "/rest/v1/printSertifikat",
-        methods: &[(Verb::Get, Handler::PrintSertifikat)],
+        methods: &[(Verb::GetOrHead, Handler::PrintSertifikat)],
         allow: "GET",
     },
     Route {
         path: "/rest/v2/printSertifikat",
-        methods: &[(Verb::Get, Handler::PrintSertifikat)],
+        methods: &[(Verb::GetOrHead, Handler::PrintSertifikat)],
         allow: "GET",
     },
     Route {
         path: "/openapi.json",
-        methods: &[(Verb::Get, Handler::OpenApi)],
+        methods: &[(Verb::GetOrHead, Handler::OpenApi)],
         allow: "GET",
     },
 ];
@@ -172,6 +172,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         persons = tracing::field::Empty,
     );
     let result = async {
+        if req.version() == hyper::Version::HTTP_11
+            && !req.headers().contains_key(hyper::header::HOST)
+        {
+            return Err(ApiError::bad_request(
+                "the request has no Host header (HTTP/1.1 requires one)",
+            ));
+        }
         let route =
             route.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"))?;
         match dispatch(route, req.method())? {

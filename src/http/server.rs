@@ -1,4 +1,5 @@
-//! The accept loop: a connection cap, a header timeout, and a graceful drain at shutdown.
+//! The accept loop: a connection cap, header and write timeouts, a bounded read buffer,
+//! and a graceful drain at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::http::AppState;
+use crate::http::conn::WriteDeadline;
+
+/// A connection's read buffer: the largest request head (headers with a large token fit
+/// several times) and the most pipelined bytes a client can queue ahead of its answers.
+pub const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Which routes a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +68,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let header_timeout = state.limits.header_timeout;
+        let io = TokioIo::new(WriteDeadline::new(stream, state.limits.write_timeout));
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
@@ -76,7 +83,10 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
+            // Bounds what a client can queue: pipelined requests are read into this buffer
+            // and answered one at a time, so at most this much waits per connection.
+            .max_buf_size(MAX_READ_BUFFER)
+            .serve_connection(io, svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

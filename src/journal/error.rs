@@ -28,6 +28,33 @@ pub enum JournalError {
         /// What is wrong.
         reason: String,
     },
+    /// Changes the served snapshot has not folded in are missing from the journal
+    /// (segments deleted or lost).
+    #[error(
+        "journal {dir} is missing the changes with sequence numbers {first} to {last}, which \
+         the served snapshot has not folded in ({why}); restore the missing segments, or \
+         serve a snapshot that folds them in"
+    )]
+    Missing {
+        /// The journal directory.
+        dir: PathBuf,
+        /// First missing sequence number.
+        first: u64,
+        /// Last missing sequence number (or the first one's where the end is unknown).
+        last: u64,
+        /// What shows it.
+        why: String,
+    },
+    /// The disk refused the change (full, or an I/O error on create or write); nothing of
+    /// it is on disk. Later changes are tried again.
+    #[error("the journal cannot take changes now: {0}")]
+    Refused(String),
+    /// The change may or may not be on disk (a write that failed half way, a failed sync).
+    #[error("the journal could not confirm the change: {0}")]
+    Uncertain(String),
+    /// A sync failed earlier: the journal takes no more changes until a restart.
+    #[error("the journal stopped taking changes after a failed sync; restart the service")]
+    Stopped,
     /// The writer has stopped (the service is shutting down).
     #[error("the journal is closed")]
     Closed,

@@ -33,6 +33,25 @@ pub const SEGMENT_HEADER_LEN: usize = 24;
 pub const FRAME_HEADER_LEN: usize = 24;
 /// Largest payload a reader accepts (anything longer is corruption).
 pub const MAX_PAYLOAD: u32 = 4096;
+/// The file naming the newest segment ever created (its first sequence number), written
+/// durably each time a segment is created: a newest segment that disappears is noticed.
+pub const HEAD: &str = "HEAD";
+/// `HEAD` while it is written.
+pub const HEAD_TMP: &str = "HEAD.tmp";
+
+/// The text of `HEAD`.
+pub fn head_text(first_seq: u64) -> String {
+    format!("krr-journal-head 1 newest-segment {first_seq}\n")
+}
+
+/// The newest segment's first sequence number from `HEAD`'s text.
+pub fn parse_head(text: &str) -> Option<u64> {
+    text.strip_prefix("krr-journal-head 1 newest-segment ")?
+        .strip_suffix('\n')?
+        .parse()
+        .ok()
+}
+
 /// File name suffix of a segment.
 pub const SUFFIX: &str = "journal";
 

@@ -30,7 +30,7 @@ pub mod file;
 pub mod format;
 pub mod pg;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 
 pub use error::JournalError;
 pub use file::{
@@ -73,4 +73,10 @@ pub struct JournalStats {
     pub records: AtomicU64,
     /// Time spent in `fdatasync`, nanoseconds in total.
     pub sync_nanos: AtomicU64,
+    /// Why changes are refused now: 0 they are not, then the index + 1 into
+    /// [`REFUSAL_REASONS`].
+    pub refusing: AtomicU8,
 }
+
+/// The reasons a journal refuses changes, as the `reason` label of `krr_journal_refusing`.
+pub const REFUSAL_REASONS: [&str; 3] = ["no-space", "io-error", "fsync-failed"];

@@ -9,6 +9,7 @@
 
 pub mod fnr;
 pub mod groups;
+pub mod json;
 pub mod redact;
 pub mod time;
 

@@ -68,8 +68,9 @@ impl Timestamp {
     /// Only meaningful for instants in [`MIN`]..=[`MAX`] (where Oslo's offset is whole hours);
     /// every stored timestamp has been range-checked by [`Timestamp::parse`].
     pub fn write_oslo(self, out: &mut Vec<u8>) {
+        // Clamped, so a value from outside (a damaged file) can never make this panic.
         let local = Oslo
-            .timestamp_opt(self.0, 0)
+            .timestamp_opt(self.0.clamp(MIN.0, MAX.0), 0)
             .single()
             .expect("a Unix instant maps to exactly one local time");
         let offset_secs = local.offset().fix().local_minus_utc();

@@ -125,6 +125,11 @@ pub fn build_bytes(
     out: &Path,
     opts: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
+    if opts.build_time.0
+        > crate::model::time::Timestamp::now().0 + crate::snapshot::format::MAX_FUTURE_SKEW_SECS
+    {
+        return Err(BuildError::FutureBuildTime(opts.build_time.0));
+    }
     let (fold, mut journal) = match &opts.journal {
         None => (Fold::default(), None),
         Some(JournalInput::Dir(dir)) => {

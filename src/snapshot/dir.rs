@@ -10,7 +10,13 @@ use crate::snapshot::{Header, Snapshot, SnapshotError};
 /// The `*.krr` files of `dir` whose headers decode, newest build first. Files whose header
 /// cannot be read are logged and skipped (the name only; nothing personal is in a path).
 pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
+    scan_dir(dir).map(|(c, _)| c)
+}
+
+/// [`candidates`], and the files refused at the header stage with the reason.
+pub fn scan_dir(dir: &Path) -> std::io::Result<HeaderScan> {
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         // Dot-files are a publisher's work in progress (`.name.krr` before its rename).
@@ -25,11 +31,13 @@ pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
             Ok(h) => out.push((path, h)),
             Err(e @ SnapshotError::Io { .. }) => {
                 metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
-                tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable")
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot unreadable");
+                refused.push((path, e.to_string()));
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
-                tracing::warn!(file = %path.display(), cause = %e, "snapshot refused")
+                tracing::warn!(file = %path.display(), cause = %e, "snapshot refused");
+                refused.push((path, e.to_string()));
             }
         }
     }
@@ -38,8 +46,11 @@ pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
             .cmp(&a.1.build_time)
             .then_with(|| b.0.cmp(&a.0))
     });
-    Ok(out)
+    Ok((out, refused))
 }
+
+/// What [`scan_dir`] found: the candidates, newest first, and the refused files.
+pub type HeaderScan = (Vec<(PathBuf, Header)>, Vec<(PathBuf, String)>);
 
 /// Opens the newest snapshot of `dir` that passes every check (without serving it: the
 /// service publishes only through its reload path); refused files are logged with the

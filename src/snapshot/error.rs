@@ -41,6 +41,9 @@ pub enum SnapshotError {
         /// The file's header length.
         found: u32,
     },
+    /// A header field holds a value no build writes.
+    #[error("header field out of range: {0}")]
+    HeaderField(String),
     /// The header's own checksum does not match.
     #[error("header checksum mismatch (the header is corrupt)")]
     HeaderChecksum,
@@ -67,6 +70,10 @@ pub enum SnapshotError {
     /// The body is not a valid archive or its tables are inconsistent.
     #[error("corrupt body layout: {0}")]
     Layout(String),
+    /// The file was replaced between reading its header and taking it (an operator or a
+    /// publisher still at work); the next reload looks again.
+    #[error("the file changed while it was being loaded; it is looked at again at the next reload")]
+    Changed,
 }
 
 /// One refused input line.
@@ -104,6 +111,14 @@ pub enum BuildError {
     /// The journal to fold in is damaged.
     #[error("{0}")]
     Journal(String),
+    /// The build time is ahead of this machine's clock: such a snapshot would look newer
+    /// than every correct one after it.
+    #[error(
+        "build time {0} (Unix seconds) is ahead of this machine's clock by more than {max} s; \
+         a snapshot from the future would hide every correct one built after it",
+        max = crate::snapshot::format::MAX_FUTURE_SKEW_SECS
+    )]
+    FutureBuildTime(i64),
 }
 
 fn invalid_message(errors: &[LineError], total: u64) -> String {

@@ -224,6 +224,11 @@ pub struct Counts {
     pub certs: u32,
 }
 
+/// How far ahead of this machine's clock a snapshot's build time may be (clock skew
+/// between the machine that builds and the one that serves). Further ahead, a build is
+/// refused and a file is never served.
+pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+
 /// The decoded header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -332,7 +337,7 @@ impl Header {
         if sum != u64_at(b, off::HEADER_CHECKSUM) {
             return Err(SnapshotError::HeaderChecksum);
         }
-        Ok(Header {
+        let h = Header {
             version,
             body_len: u64_at(b, off::BODY_LEN),
             body_checksum: u64_at(b, off::BODY_CHECKSUM),
@@ -348,7 +353,46 @@ impl Header {
                 certs: u32_at(b, off::CERTS),
             },
             max_probe: u32_at(b, off::MAX_PROBE),
-        })
+        };
+        h.check_ranges()?;
+        Ok(h)
+    }
+
+    /// Every field within what a build can write: a header with a valid checksum but
+    /// impossible values (a build tool's bug, a hand-made file) is refused here, before
+    /// anything formats or trusts a field.
+    fn check_ranges(&self) -> Result<(), SnapshotError> {
+        let bad = |what: String| Err(SnapshotError::HeaderField(what));
+        if self.build_time < crate::model::time::MIN || self.build_time > crate::model::time::MAX {
+            return bad(format!(
+                "build time {} (Unix seconds) is outside 1970..2099",
+                self.build_time.0
+            ));
+        }
+        let c = &self.counts;
+        if c.aktiv.checked_add(c.slettet) != Some(c.records) {
+            return bad(format!(
+                "AKTIV ({}) and SLETTET ({}) do not add up to the records ({})",
+                c.aktiv, c.slettet, c.records
+            ));
+        }
+        for (name, n) in [
+            ("reserved", c.reservert),
+            ("notifiable", c.kan_varsles),
+            ("digital post", c.digital_post),
+            ("certificates", u64::from(c.certs)),
+        ] {
+            if n > c.records {
+                return bad(format!("{name} ({n}) exceeds the records ({})", c.records));
+            }
+        }
+        if self.journal_seq > i64::MAX as u64 {
+            return bad(format!(
+                "journal sequence number {} is out of range",
+                self.journal_seq
+            ));
+        }
+        Ok(())
     }
 }
 

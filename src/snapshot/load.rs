@@ -105,7 +105,11 @@ impl Snapshot {
         for s in slots {
             if s.key.to_native() != EMPTY {
                 used += 1;
-                if s.offset.to_native() + RECORD_HEADER_LEN as u64 > records_len {
+                if s.offset
+                    .to_native()
+                    .checked_add(RECORD_HEADER_LEN as u64)
+                    .is_none_or(|end| end > records_len)
+                {
                     return Err(SnapshotError::Layout(
                         "a slot points past the records".into(),
                     ));

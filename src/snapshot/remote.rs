@@ -151,6 +151,9 @@ impl Pointer {
     /// it, a size a snapshot can have.
     pub fn parse(bytes: &[u8]) -> Result<Pointer, RemoteError> {
         let bad = |why: String| Err(RemoteError::Pointer(why));
+        if let Err(e) = crate::model::json::check_depth(bytes, crate::model::json::MAX_DEPTH) {
+            return bad(format!("the CURRENT pointer is not valid: {e}"));
+        }
         let p: Pointer = match serde_json::from_slice(bytes) {
             Ok(p) => p,
             Err(e) => return bad(format!("the CURRENT pointer is not valid: {e}")),

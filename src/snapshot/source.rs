@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::model::fnr::{self, PersonId};
+use crate::model::json::{MAX_DEPTH, check_depth};
 use crate::model::redact::redact_digits;
 use crate::model::time::Timestamp;
 use crate::model::{
@@ -118,6 +119,7 @@ impl LineParser {
 
     /// Parses and validates one line (without its newline).
     pub fn parse(&mut self, line: &[u8]) -> Result<Person, RecordError> {
+        check_depth(line, MAX_DEPTH).map_err(|e| RecordError::new(e.to_string()))?;
         self.scratch.clear();
         self.scratch.extend_from_slice(line);
         let buffers = self

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::journal::{Backend, JournalError};
 use crate::metrics::{SNAPSHOT_BUILD_TIME, SNAPSHOT_INFO, SNAPSHOT_JOURNAL_SEQ, SNAPSHOT_RECORDS};
-use crate::snapshot::dir::candidates;
-use crate::snapshot::{Header, Snapshot};
+use crate::model::time::Timestamp;
+use crate::snapshot::dir::scan_dir;
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::store::Store;
 
 /// What a reload did.
@@ -85,6 +86,8 @@ pub struct Reloader {
     journal: OnceLock<Arc<dyn Backend>>,
     serial: tokio::sync::Mutex<()>,
     refused: Mutex<HashMap<PathBuf, Seen>>,
+    /// Largest share of the served snapshot's persons (percent) a new one may lack.
+    max_shrink_percent: f64,
 }
 
 impl Reloader {
@@ -96,7 +99,16 @@ impl Reloader {
             journal: OnceLock::new(),
             serial: tokio::sync::Mutex::new(()),
             refused: Mutex::new(HashMap::new()),
+            max_shrink_percent: DEFAULT_MAX_SHRINK_PERCENT,
         }
+    }
+
+    /// Refuses a snapshot with more than `percent` % fewer persons than the served one
+    /// (an empty or truncated export builds a valid, nearly empty snapshot); a reload with
+    /// `allow_shrink` serves it anyway.
+    pub fn with_max_shrink(mut self, percent: f64) -> Reloader {
+        self.max_shrink_percent = percent.clamp(0.0, 100.0);
+        self
     }
 
     /// From now on every reload folds in what `journal` holds beyond the new snapshot. At
@@ -118,9 +130,19 @@ impl Reloader {
 
     /// Reloads now (waits for a reload in progress first). `trigger` is logged.
     pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> Outcome {
+        self.reload_with(trigger, false).await
+    }
+
+    /// [`Reloader::reload`]; with `allow_shrink`, a snapshot that lost more persons than
+    /// `--max-shrink` allows is served too (the operator's explicit choice).
+    pub async fn reload_with(
+        self: &Arc<Self>,
+        trigger: &'static str,
+        allow_shrink: bool,
+    ) -> Outcome {
         let _serial = self.serial.lock().await;
         let this = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || this.reload_blocking())
+        let outcome = tokio::task::spawn_blocking(move || this.reload_blocking(allow_shrink))
             .await
             .unwrap_or_else(|e| Outcome::Failed {
                 reason: format!("reload task failed: {e}"),
@@ -162,14 +184,14 @@ impl Reloader {
         outcome
     }
 
-    fn reload_blocking(&self) -> Outcome {
+    fn reload_blocking(&self, allow_shrink: bool) -> Outcome {
         let current = self.store.current();
-        let (cur_id, cur_build) = match current.as_ref() {
-            Some(s) => (Some(s.id()), Some(s.header().build_time)),
-            None => (None, None),
+        let (cur_id, cur_build, cur_records) = match current.as_ref() {
+            Some(s) => (Some(s.id()), Some(s.header().build_time), s.len()),
+            None => (None, None, 0),
         };
         drop(current);
-        let candidates: Vec<(PathBuf, Header)> = match candidates(&self.dir) {
+        let (candidates, header_refusals) = match scan_dir(&self.dir) {
             Ok(c) => c,
             Err(e) => {
                 return Outcome::Failed {
@@ -177,7 +199,10 @@ impl Reloader {
                 };
             }
         };
-        let mut refused = Vec::new();
+        let mut refused: Vec<Refusal> = header_refusals
+            .into_iter()
+            .map(|(file, reason)| Refusal { file, reason })
+            .collect();
         for (path, header) in candidates {
             if cur_id.as_deref() == Some(header.id().as_str())
                 || cur_build.is_some_and(|b| header.build_time < b)
@@ -191,8 +216,64 @@ impl Reloader {
                     continue;
                 }
             }
+            if header.build_time.0
+                > Timestamp::now().0 + crate::snapshot::format::MAX_FUTURE_SKEW_SECS
+            {
+                // Served, it would make every correct snapshot look older and be skipped.
+                let reason = format!(
+                    "build time {} (Unix seconds) is ahead of this machine's clock; a snapshot from the future is never served",
+                    header.build_time.0
+                );
+                tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                if let Some(s) = now_seen {
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(path.clone(), s);
+                }
+                refused.push(Refusal { file: path, reason });
+                continue;
+            }
+            let records = header.counts.records;
+            if !allow_shrink && shrinks_too_much(cur_records, records, self.max_shrink_percent) {
+                // Not remembered as refused: the same file is served by a forced reload.
+                let reason = format!(
+                    "has {records} persons, {:.1} % fewer than the served snapshot's {cur_records} \
+                     (more than --max-shrink {} %); an empty or cut export? \
+                     POST /admin/reload?allow-shrink=true serves it anyway",
+                    100.0 * (cur_records - records) as f64 / cur_records as f64,
+                    self.max_shrink_percent
+                );
+                tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                refused.push(Refusal { file: path, reason });
+                continue;
+            }
             let started = Instant::now();
-            match Snapshot::open(&path) {
+            let opened = match take_private(&self.dir, &path, &header.id()) {
+                Ok(private) => {
+                    let opened = Snapshot::open(&private);
+                    if opened.is_err() {
+                        let _ = std::fs::remove_file(&private);
+                    }
+                    opened
+                }
+                Err(e) => {
+                    // A read-only or full snapshot directory: serving in place beats not
+                    // serving, but an operator must know what writing over it would do.
+                    tracing::warn!(file = %path.display(), cause = %e,
+                        "no private copy could be taken; serving the published file in place (writing over it would crash the service)");
+                    Snapshot::open(&path)
+                }
+            };
+            match opened.and_then(|s| {
+                if s.id() == header.id() {
+                    Ok(s)
+                } else {
+                    Err(SnapshotError::Changed)
+                }
+            }) {
                 Ok(snapshot) => {
                     if let Err(e) = self.install(snapshot) {
                         return Outcome::Failed {
@@ -203,6 +284,7 @@ impl Reloader {
                     }
                     let served = self.store.current();
                     let s = served.as_ref().expect("just published");
+                    drop_private_except(&self.dir, &s.id());
                     return Outcome::Swapped {
                         old: cur_id,
                         new: s.id(),
@@ -252,6 +334,60 @@ impl Reloader {
             retire(old);
         }
         Ok(())
+    }
+}
+
+/// `--max-shrink`'s default, percent.
+pub const DEFAULT_MAX_SHRINK_PERCENT: f64 = 1.0;
+
+/// True when `new` persons are more than `percent` % fewer than `served`.
+pub fn shrinks_too_much(served: u64, new: u64, percent: f64) -> bool {
+    new < served && (served - new) as f64 > served as f64 * percent / 100.0
+}
+
+/// The service's own directory inside the snapshot directory: it maps only files there.
+pub const PRIVATE_DIR: &str = ".served";
+
+/// Copies `public` to `<dir>/.served/<id>.krr` (through a temporary name) and returns
+/// the copy. The service maps only its own copies: an operator who writes through the
+/// published name (`cp new.krr snapshots/current.krr` truncates and rewrites the same
+/// file) changes a file nobody maps, where mapping it would have meant SIGBUS for the
+/// whole process. `std::fs::copy` uses `copy_file_range`, a reflink where the file
+/// system has them; elsewhere it is one sequential copy per reload.
+fn take_private(dir: &Path, public: &Path, id: &str) -> Result<PathBuf, SnapshotError> {
+    let private_dir = dir.join(PRIVATE_DIR);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SnapshotError::Io { path, source }
+    };
+    std::fs::create_dir_all(&private_dir).map_err(io(&private_dir))?;
+    let tmp = private_dir.join(format!(".{id}.copy"));
+    let private = private_dir.join(format!("{id}.krr"));
+    std::fs::copy(public, &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SnapshotError::Io {
+            path: private_dir.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("cannot take a private copy to serve: {e}"),
+            ),
+        }
+    })?;
+    std::fs::rename(&tmp, &private).map_err(io(&private))?;
+    Ok(private)
+}
+
+/// Removes every copy but the served one's (a retired snapshot's mapping stays valid
+/// after its name is gone, until its last reader drops it).
+fn drop_private_except(dir: &Path, id: &str) {
+    let keep = format!("{id}.krr");
+    let Ok(entries) = std::fs::read_dir(dir.join(PRIVATE_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str() != Some(keep.as_str()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

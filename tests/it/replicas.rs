@@ -825,7 +825,10 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
     // after `publish` would have verified it, written straight to the bucket): refused,
     // the fold stays served.
     let newer = root.join("newer.krr");
-    build(export, newer.to_str().unwrap(), "2030-01-01T00:00:00Z");
+    let soon = chrono::DateTime::from_timestamp(krr::model::time::Timestamp::now().0 + 60, 0)
+        .unwrap()
+        .to_rfc3339();
+    build(export, newer.to_str().unwrap(), &soon);
     let mut junk = std::fs::read(&newer).unwrap();
     let n = junk.len();
     junk[n / 2] ^= 0x55;

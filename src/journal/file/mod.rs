@@ -3,6 +3,7 @@
 //! ([`scan`](mod@scan)), and trimmed once a snapshot holds it ([`compact`](mod@compact)). One writer per directory (a `LOCK` file).
 
 pub mod compact;
+pub mod io;
 pub mod scan;
 pub mod writer;
 

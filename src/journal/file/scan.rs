@@ -51,12 +51,55 @@ pub struct Scan {
     pub segments: Vec<SegmentInfo>,
     /// The torn tail, if there was one.
     pub cut: Option<Cut>,
+    /// Sequence numbers no segment holds between two segments (first, last). The writer
+    /// leaves such a gap only below a snapshot's folded sequence number.
+    pub gaps: Vec<(u64, u64)>,
+    /// The newest segment ever created, from `HEAD` (absent in journals older than it).
+    pub head: Option<u64>,
 }
 
 impl Scan {
     /// The last good sequence number (0: none).
     pub fn last_seq(&self) -> u64 {
         self.entries.last().map_or(0, |e| e.seq)
+    }
+
+    /// Checks that every change above `folded` (the served snapshot's folded sequence
+    /// number) is here: the oldest segment starts at or below `folded + 1`, no gap between
+    /// segments lies above it, and the newest segment `HEAD` names still exists.
+    pub fn check_complete(&self, dir: &Path, folded: u64) -> Result<(), JournalError> {
+        let missing = |first: u64, last: u64, why: String| JournalError::Missing {
+            dir: dir.to_owned(),
+            first,
+            last,
+            why,
+        };
+        if let Some(h) = self.head
+            && self.segments.last().is_none_or(|s| s.first_seq < h)
+        {
+            return Err(missing(
+                h,
+                h,
+                format!("HEAD names the segment starting at {h} as the newest, and it is gone"),
+            ));
+        }
+        if let Some(oldest) = self.segments.first()
+            && oldest.first_seq > folded.saturating_add(1)
+        {
+            return Err(missing(
+                folded + 1,
+                oldest.first_seq - 1,
+                format!("the oldest segment starts at {}", oldest.first_seq),
+            ));
+        }
+        if let Some(&(first, last)) = self.gaps.iter().find(|(_, last)| *last > folded) {
+            return Err(missing(
+                first.max(folded + 1),
+                last,
+                "no segment holds them, between two that exist".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -86,11 +129,41 @@ pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(out)
 }
 
+/// The first offset at or after `from` where an intact record with a sequence number at or
+/// above `seq` starts.
+fn intact_after(bytes: &[u8], from: usize, seq: u64) -> Option<(usize, u64)> {
+    (from..bytes.len().saturating_sub(format::FRAME_HEADER_LEN - 1)).find_map(|at| {
+        match decode(&bytes[at..]) {
+            Ok((e, _)) if e.seq >= seq => Some((at, e.seq)),
+            _ => None,
+        }
+    })
+}
+
+/// `HEAD`'s sequence number, when the file exists.
+fn read_head(dir: &Path) -> Result<Option<u64>, JournalError> {
+    let path = dir.join(format::HEAD);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => format::parse_head(&text)
+            .map(Some)
+            .ok_or(JournalError::Corrupt {
+                file: path,
+                offset: 0,
+                reason: "HEAD is not a journal head record".into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
 /// Reads every segment of `dir` in order and checks frames, checksums and sequence
 /// continuity; applies the recovery policy of the module doc.
 pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
     let files = segment_files(dir)?;
-    let mut out = Scan::default();
+    let mut out = Scan {
+        head: read_head(dir)?,
+        ..Scan::default()
+    };
     let mut expected: Option<u64> = None;
     for (i, (named, path)) in files.iter().enumerate() {
         let newest = i + 1 == files.len();
@@ -129,6 +202,11 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
         // A later segment may start beyond the one before it (the writer skips to after a
         // snapshot's folded sequence number), never inside it.
         if let Some(want) = expected
+            && first > want
+        {
+            out.gaps.push((want, first - 1));
+        }
+        if let Some(want) = expected
             && first < want
         {
             return Err(corrupt(
@@ -162,6 +240,20 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
         if let Some(reason) = problem {
             if !newest {
                 return Err(corrupt(at as u64, reason));
+            }
+            // A torn write is the end: nothing intact follows it. An intact record after
+            // the bad one was written by a later group, which is only written once the
+            // bad one's sync had returned: the bad record was acknowledged, and is damage.
+            if let Some((offset, seq_after)) = intact_after(&bytes, at + 1, seq) {
+                return Err(corrupt(
+                    at as u64,
+                    format!(
+                        "{reason}, and an intact record (sequence {seq_after}) follows at byte \
+                         {offset}: acknowledged changes, not a torn write. If the machine \
+                         crashed during a write and losing the records from byte {at} on is \
+                         accepted, cut the file there (truncate -s {at})"
+                    ),
+                ));
             }
             out.cut = Some(Cut {
                 file: path.clone(),

@@ -47,6 +47,10 @@ pub struct Options {
     pub jwks: Option<JwksSource>,
     /// Start on this directory as it is (a restart) instead of a new one.
     pub reuse: Option<Arc<tempfile::TempDir>>,
+    /// The journal directory (default: `journal` in the server's directory).
+    pub journal_dir: Option<PathBuf>,
+    /// The journal writer's settings.
+    pub journal: krr::journal::JournalOptions,
 }
 
 impl Default for Options {
@@ -57,6 +61,8 @@ impl Default for Options {
             limits: Limits::default(),
             jwks: None,
             reuse: None,
+            journal_dir: None,
+            journal: krr::journal::JournalOptions::default(),
         }
     }
 }
@@ -98,7 +104,11 @@ pub async fn start(opts: Options) -> Server {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/certs/digipost.pem"),
         )),
         limits: opts.limits,
-        journal_dir: dir.path().join("journal"),
+        journal_dir: opts
+            .journal_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("journal")),
+        journal: opts.journal,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch: false,
         ..Config::default()
