@@ -325,6 +325,12 @@ pub fn open_journal(
     let snapshot = store.current();
     let folded = snapshot.as_ref().map_or(0, |s| s.header().journal_seq);
     let applier = store.clone();
+    // Without a snapshot nothing says what was folded: the check waits for the first one
+    // (the reload that brings it asks the journal, which checks then).
+    let opts = JournalOptions {
+        require_complete: snapshot.is_some(),
+        ..opts
+    };
     let (journal, scan) = Journal::open(
         dir,
         folded,

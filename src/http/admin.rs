@@ -62,32 +62,32 @@ pub const ROUTES: &[Route<Handler>] = &[
     Route {
         path: "/health/liveness",
         methods: LIVENESS,
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/actuator/health/liveness",
         methods: LIVENESS,
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/health/readiness",
         methods: READINESS,
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/actuator/health/readiness",
         methods: READINESS,
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/actuator/health",
         methods: READINESS,
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/metrics",
         methods: &[(Verb::GetOrHead, Handler::Metrics)],
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/admin/reload",

@@ -120,11 +120,12 @@ impl ApiError {
     }
 }
 
-/// `path` with `%XX` escapes decoded (repeatedly, so `%2530` is caught too; invalid
-/// escapes stay as they are, bytes that are not UTF-8 become U+FFFD).
+/// `path` with `%XX` escapes decoded until none is left (so `%2530` is caught too; each
+/// round shortens the text, so it ends), invalid escapes left as they are, bytes that are
+/// not UTF-8 as U+FFFD.
 fn percent_decoded(path: &str) -> String {
     let mut text = path.to_owned();
-    for _ in 0..3 {
+    loop {
         if !text.contains('%') {
             break;
         }
@@ -146,7 +147,11 @@ fn percent_decoded(path: &str) -> String {
                 i += 1;
             }
         }
-        text = String::from_utf8_lossy(&out).into_owned();
+        let decoded = String::from_utf8_lossy(&out).into_owned();
+        if decoded == text {
+            break;
+        }
+        text = decoded;
     }
     text
 }

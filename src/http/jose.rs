@@ -65,11 +65,22 @@ impl Signing {
 
     /// Signs `payload` off the runtime workers; waits for a slot first.
     pub async fn sign(&self, payload: Vec<u8>) -> Result<Vec<u8>, SignError> {
-        let _slot = self.slots.acquire().await.map_err(|_| SignError)?;
-        let signer = self.signer.clone();
-        tokio::task::spawn_blocking(move || signer.sign(&payload))
+        // The slot goes with the signing itself: a request dropped while it signs (its
+        // client gone) does not free the slot before the CPU work is done.
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| SignError)
+            .map_err(|_| SignError)?;
+        let signer = self.signer.clone();
+        tokio::task::spawn_blocking(move || {
+            let signed = signer.sign(&payload);
+            drop(slot);
+            signed
+        })
+        .await
+        .map_err(|_| SignError)
     }
 }
 

@@ -45,7 +45,8 @@ impl Verb {
     /// The method's name in an `Allow` header.
     pub fn name(self) -> &'static str {
         match self {
-            Verb::Get | Verb::GetOrHead => "GET",
+            Verb::Get => "GET",
+            Verb::GetOrHead => "GET, HEAD",
             Verb::Post => "POST",
             Verb::Patch => "PATCH",
         }
@@ -119,27 +120,27 @@ pub const ROUTES: &[Route<Handler>] = &[
             (Verb::GetOrHead, Handler::Person),
             (Verb::Patch, Handler::PatchPerson),
         ],
-        allow: "GET, PATCH",
+        allow: "GET, HEAD, PATCH",
     },
     Route {
         path: "/rest/v2/person",
         methods: &[(Verb::GetOrHead, Handler::Person)],
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/rest/v1/printSertifikat",
         methods: &[(Verb::GetOrHead, Handler::PrintSertifikat)],
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/rest/v2/printSertifikat",
         methods: &[(Verb::GetOrHead, Handler::PrintSertifikat)],
-        allow: "GET",
+        allow: "GET, HEAD",
     },
     Route {
         path: "/openapi.json",
         methods: &[(Verb::GetOrHead, Handler::OpenApi)],
-        allow: "GET",
+        allow: "GET, HEAD",
     },
 ];
 
@@ -246,9 +247,13 @@ mod tests {
         );
         assert_eq!(
             dispatch(person, &Method::DELETE).unwrap_err().allow,
-            Some("GET, PATCH")
+            Some("GET, HEAD, PATCH")
         );
         let v2 = find(ROUTES, "/rest/v2/person").unwrap();
-        assert_eq!(dispatch(v2, &Method::HEAD).unwrap_err().allow, Some("GET"));
+        assert_eq!(dispatch(v2, &Method::HEAD).ok(), Some(Handler::Person));
+        assert_eq!(
+            dispatch(v2, &Method::PUT).unwrap_err().allow,
+            Some("GET, HEAD")
+        );
     }
 }

@@ -16,8 +16,12 @@
 //!  24  payload  the change: a kind byte, then the kind's fields
 //! ```
 //!
-//! Payload kind 1, *set language*: `u8 1`, `u64` personal number, `u8` language
-//! (0 nb, 1 nn, 2 en, 3 se): 10 bytes. A frame is 34 bytes.
+//! Payload kind 2, *set language* (written since the journal tells commit groups apart):
+//! `u8 2`, `u64` personal number, `u8` language (0 nb, 1 nn, 2 en, 3 se), `u16` the record's
+//! index in its commit group, `u16` the group's length: 14 bytes, a frame of 38. The
+//! group fields let recovery tell a torn last group (unacknowledged) from damage to a group
+//! whose sync returned (a later group follows it). Kind 1 is the same change without them
+//! (10 bytes, a frame of 34), as older builds wrote it; it is still read.
 
 use crate::model::Spraak;
 use crate::model::fnr::PersonId;
@@ -56,6 +60,23 @@ pub fn parse_head(text: &str) -> Option<u64> {
 pub const SUFFIX: &str = "journal";
 
 const KIND_SET_SPRAAK: u8 = 1;
+const KIND_SET_SPRAAK_GROUPED: u8 = 2;
+
+/// Where a record sits in the commit group it was written and synced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupPos {
+    /// Its index in the group (0 for the first).
+    pub index: u16,
+    /// Records in the group.
+    pub len: u16,
+}
+
+impl GroupPos {
+    /// The sequence number of the group's first record, given this record's.
+    pub fn first_seq(self, seq: u64) -> Option<u64> {
+        seq.checked_sub(u64::from(self.index))
+    }
+}
 
 /// One change a PATCH makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,18 +186,36 @@ pub fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
     Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
 }
 
-/// Appends the frame of `entry` to `out`.
+/// Appends the frame of `entry` to `out` as payload kind 1 (no group fields; what older
+/// builds wrote, kept for crafting such journals in tests and tools).
 pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    encode_frame(entry, None, out);
+}
+
+/// Appends the frame of `entry`, record `group.index` of a group of `group.len`.
+pub fn encode_grouped(entry: &Entry, group: GroupPos, out: &mut Vec<u8>) {
+    encode_frame(entry, Some(group), out);
+}
+
+fn encode_frame(entry: &Entry, group: Option<GroupPos>, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&entry.seq.to_le_bytes());
     out.extend_from_slice(&entry.at.0.to_le_bytes());
     match entry.change {
         Change::SetSpraak { id, spraak } => {
-            out.push(KIND_SET_SPRAAK);
+            out.push(if group.is_some() {
+                KIND_SET_SPRAAK_GROUPED
+            } else {
+                KIND_SET_SPRAAK
+            });
             out.extend_from_slice(&id.key().to_le_bytes());
             out.push(spraak_code(spraak));
         }
+    }
+    if let Some(g) = group {
+        out.extend_from_slice(&g.index.to_le_bytes());
+        out.extend_from_slice(&g.len.to_le_bytes());
     }
     let payload_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
     let crc = crc32c::crc32c(&out[start + 8..]);
@@ -205,6 +244,12 @@ pub enum FrameError {
 /// Decodes the frame at the start of `b`; returns the entry and the frame's length.
 /// Sequence continuity is the caller's check.
 pub fn decode(b: &[u8]) -> Result<(Entry, usize), FrameError> {
+    decode_frame(b).map(|(e, len, _)| (e, len))
+}
+
+/// [`decode`], with the record's place in its commit group (`None` for kind 1 records,
+/// which do not say).
+pub fn decode_frame(b: &[u8]) -> Result<(Entry, usize, Option<GroupPos>), FrameError> {
     if b.len() < FRAME_HEADER_LEN {
         return Err(FrameError::Torn);
     }
@@ -224,18 +269,28 @@ pub fn decode(b: &[u8]) -> Result<(Entry, usize), FrameError> {
     let seq = u64_at(8);
     let at = Timestamp(u64_at(16).cast_signed());
     let payload = &b[FRAME_HEADER_LEN..total];
-    let change = match payload {
-        [KIND_SET_SPRAAK, rest @ ..] if rest.len() == 9 => {
-            let id = PersonId::from_key(u64::from_le_bytes(rest[..8].try_into().expect("8")))
-                .ok_or(FrameError::Payload)?;
-            let spraak = *Spraak::ALL
-                .get(usize::from(rest[8]))
-                .ok_or(FrameError::Payload)?;
-            Change::SetSpraak { id, spraak }
+    let (rest, group) = match payload {
+        [KIND_SET_SPRAAK, rest @ ..] if rest.len() == 9 => (rest, None),
+        [KIND_SET_SPRAAK_GROUPED, rest @ ..] if rest.len() == 13 => {
+            let u = |i: usize| u16::from_le_bytes([rest[i], rest[i + 1]]);
+            let g = GroupPos {
+                index: u(9),
+                len: u(11),
+            };
+            if g.index >= g.len {
+                return Err(FrameError::Payload);
+            }
+            (rest, Some(g))
         }
         _ => return Err(FrameError::Payload),
     };
-    Ok((Entry { seq, at, change }, total))
+    let id = PersonId::from_key(u64::from_le_bytes(rest[..8].try_into().expect("8")))
+        .ok_or(FrameError::Payload)?;
+    let spraak = *Spraak::ALL
+        .get(usize::from(rest[8]))
+        .ok_or(FrameError::Payload)?;
+    let change = Change::SetSpraak { id, spraak };
+    Ok((Entry { seq, at, change }, total, group))
 }
 
 #[cfg(test)]
@@ -271,6 +326,19 @@ mod tests {
         zero[..4].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(decode(&zero), Err(FrameError::Length(0)));
         assert_eq!(decode(&[0u8; 64]), Err(FrameError::Length(0)));
+    }
+
+    #[test]
+    fn grouped_frames_round_trip() {
+        let g = GroupPos { index: 2, len: 5 };
+        let mut out = Vec::new();
+        encode_grouped(&entry(9), g, &mut out);
+        assert_eq!(out.len(), 38);
+        assert_eq!(decode_frame(&out), Ok((entry(9), 38, Some(g))));
+        assert_eq!(g.first_seq(9), Some(7));
+        let mut bad = Vec::new();
+        encode_grouped(&entry(9), GroupPos { index: 5, len: 5 }, &mut bad);
+        assert_eq!(decode(&bad), Err(FrameError::Payload));
     }
 
     #[test]

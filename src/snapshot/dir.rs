@@ -5,10 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::time::Timestamp;
+use crate::snapshot::format::MAX_FUTURE_SKEW_SECS;
 use crate::snapshot::{Header, Snapshot, SnapshotError};
 
 /// The `*.krr` files of `dir` whose headers decode, newest build first. Files whose header
-/// cannot be read are logged and skipped (the name only; nothing personal is in a path).
+/// cannot be read, or whose build time is ahead of the clock, are logged and skipped (the
+/// name only; nothing personal is in a path). Every user of a snapshot directory (the
+/// service, `journal compact`, `journal inspect`) sees the same candidates.
 pub fn candidates(dir: &Path) -> std::io::Result<Vec<(PathBuf, Header)>> {
     scan_dir(dir).map(|(c, _)| c)
 }
@@ -28,6 +32,16 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<HeaderScan> {
             continue;
         }
         match Header::read(&path) {
+            Ok(h) if h.build_time.0 > Timestamp::now().0 + MAX_FUTURE_SKEW_SECS => {
+                // Served, it would make every correct snapshot after it look older.
+                let reason = format!(
+                    "build time {} (Unix seconds) is ahead of this machine's clock; a snapshot from the future is never served",
+                    h.build_time.0
+                );
+                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused");
+                refused.push((path, reason));
+            }
             Ok(h) => out.push((path, h)),
             Err(e @ SnapshotError::Io { .. }) => {
                 metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use crate::journal::{Backend, JournalError};
 use crate::metrics::{SNAPSHOT_BUILD_TIME, SNAPSHOT_INFO, SNAPSHOT_JOURNAL_SEQ, SNAPSHOT_RECORDS};
-use crate::model::time::Timestamp;
 use crate::snapshot::dir::scan_dir;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::store::Store;
@@ -188,7 +187,9 @@ impl Reloader {
         let current = self.store.current();
         let (cur_id, cur_build, cur_records) = match current.as_ref() {
             Some(s) => (Some(s.id()), Some(s.header().build_time), s.len()),
-            None => (None, None, 0),
+            // At start-up the copy served before the restart is the baseline of
+            // --max-shrink, so a restart does not take a snapshot a running service refused.
+            None => (None, None, last_served_records(&self.dir)),
         };
         drop(current);
         let (candidates, header_refusals) = match scan_dir(&self.dir) {
@@ -215,25 +216,6 @@ impl Reloader {
                 if now_seen.is_some() && known.get(&path) == now_seen.as_ref() {
                     continue;
                 }
-            }
-            if header.build_time.0
-                > Timestamp::now().0 + crate::snapshot::format::MAX_FUTURE_SKEW_SECS
-            {
-                // Served, it would make every correct snapshot look older and be skipped.
-                let reason = format!(
-                    "build time {} (Unix seconds) is ahead of this machine's clock; a snapshot from the future is never served",
-                    header.build_time.0
-                );
-                tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
-                metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
-                if let Some(s) = now_seen {
-                    self.refused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(path.clone(), s);
-                }
-                refused.push(Refusal { file: path, reason });
-                continue;
             }
             let records = header.counts.records;
             if !allow_shrink && shrinks_too_much(cur_records, records, self.max_shrink_percent) {
@@ -271,6 +253,7 @@ impl Reloader {
                 if s.id() == header.id() {
                     Ok(s)
                 } else {
+                    let _ = std::fs::remove_file(s.path());
                     Err(SnapshotError::Changed)
                 }
             }) {
@@ -375,6 +358,14 @@ fn take_private(dir: &Path, public: &Path, id: &str) -> Result<PathBuf, Snapshot
     })?;
     std::fs::rename(&tmp, &private).map_err(io(&private))?;
     Ok(private)
+}
+
+/// Persons in the newest private copy (what was served before a restart), or 0.
+fn last_served_records(dir: &Path) -> u64 {
+    scan_dir(&dir.join(PRIVATE_DIR))
+        .ok()
+        .and_then(|(c, _)| c.first().map(|(_, h)| h.counts.records))
+        .unwrap_or(0)
 }
 
 /// Removes every copy but the served one's (a retired snapshot's mapping stays valid

@@ -294,10 +294,10 @@ async fn every_bad_patch_gets_its_error() {
     );
     // Methods.
     let a = patch(&s, "/rest/v2/person", &user(WRITE, &pid), json, good).await;
-    check_error(&a, 405, "method not allowed here; use GET");
+    check_error(&a, 405, "method not allowed here; use GET, HEAD");
     let a = call(s.addr, Method::PUT, p, &[], good).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(a.header("allow"), "GET, PATCH");
+    assert_eq!(a.header("allow"), "GET, HEAD, PATCH");
 
     // Only the one good legacy-scope PATCH changed anything.
     assert_eq!(s.state.store.overlay().len(), 1);

@@ -592,7 +592,7 @@ async fn user_endpoint_and_print_certificate() {
     check_error(
         &call(s.addr, Method::POST, "/rest/v1/printSertifikat", &[], "").await,
         405,
-        "method not allowed here; use GET",
+        "method not allowed here; use GET, HEAD",
     );
 }
 

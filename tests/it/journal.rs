@@ -345,10 +345,11 @@ fn a_torn_new_segment_is_removed() {
 async fn rotation_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let people = ids(50);
-    // Segments of at most ~5 records (24-byte header + 34-byte frames).
+    // Segments of at most ~5 records (24-byte header + 38-byte frames).
     let opts = JournalOptions {
-        segment_bytes: 24 + 5 * 34,
+        segment_bytes: 24 + 5 * 38,
         max_batch: 1,
+        ..JournalOptions::default()
     };
     let (j, _, _) = open(dir.path(), 0, opts);
     for (i, &id) in people.iter().enumerate() {

@@ -359,6 +359,7 @@ async fn every_acknowledged_change_survives_a_crash_that_drops_unsynced_data() {
         let opts = JournalOptions {
             segment_bytes: rng.random_range(100..600),
             max_batch: rng.random_range(1..8),
+            ..JournalOptions::default()
         };
         let model = CrashModel::default();
         model.0.lock().unwrap().partial = rng.random_range(0..40);
@@ -450,15 +451,15 @@ async fn a_bad_record_with_intact_ones_after_it_is_damage_not_a_torn_tail() {
     j.close();
     let seg = journal::segment_files(dir.path()).unwrap()[0].1.clone();
     let good = std::fs::read(&seg).unwrap();
-    // One bit of the third record's payload (records are 34 bytes after a 24-byte header).
-    let third = 24 + 2 * 34;
+    // One bit of the third record's payload (records are 38 bytes after a 24-byte header).
+    let third = 24 + 2 * 38;
     let mut flipped = good.clone();
     flipped[third + 30] ^= 0x04;
     std::fs::write(&seg, &flipped).unwrap();
     let err = open_err(dir.path(), 0);
     assert!(
         err.contains(&format!("is damaged at byte {third}"))
-            && err.contains("an intact record (sequence 4) follows")
+            && err.contains("(sequence 4) follows")
             && err.contains(seg.file_name().unwrap().to_str().unwrap()),
         "{err}"
     );
@@ -466,12 +467,69 @@ async fn a_bad_record_with_intact_ones_after_it_is_damage_not_a_torn_tail() {
     assert_eq!(std::fs::read(&seg).unwrap(), flipped);
     // The same bit in the last record is a torn tail: cut, and the journal opens.
     let mut last = good.clone();
-    last[24 + 5 * 34 + 30] ^= 0x04;
+    last[24 + 5 * 38 + 30] ^= 0x04;
     std::fs::write(&seg, &last).unwrap();
     let (j, scan) = Journal::open(dir.path(), 0, opts, Box::new(|_: &[Entry]| {})).unwrap();
     assert_eq!(scan.entries.len(), 5);
-    assert_eq!(scan.cut.as_ref().unwrap().offset, (24 + 5 * 34) as u64);
+    assert_eq!(scan.cut.as_ref().unwrap().offset, (24 + 5 * 38) as u64);
     j.close();
+}
+
+#[test]
+fn a_torn_last_group_with_intact_records_of_its_own_after_the_hole_is_cut() {
+    use krr::journal::format::{GroupPos, encode_grouped, segment_header, segment_name};
+    let dir = tempfile::tempdir().unwrap();
+    let people = ids(8);
+    let entry = |seq: u64| Entry {
+        seq,
+        at: krr::model::time::Timestamp(1_795_176_000),
+        change: Change::SetSpraak {
+            id: people[seq as usize % 8],
+            spraak: Spraak::Nn,
+        },
+    };
+    // A synced group of two, then the last group of four whose second record's page never
+    // reached the disk (zeros) while its third and fourth did.
+    let mut bytes = segment_header(1).to_vec();
+    for (seq, index, len) in [
+        (1, 0, 2),
+        (2, 1, 2),
+        (3, 0, 4),
+        (4, 1, 4),
+        (5, 2, 4),
+        (6, 3, 4),
+    ] {
+        encode_grouped(&entry(seq), GroupPos { index, len }, &mut bytes);
+    }
+    let hole = 24 + 3 * 38;
+    bytes[hole..hole + 38].fill(0);
+    let path = dir.path().join(segment_name(1));
+    std::fs::write(&path, &bytes).unwrap();
+    let scan = journal::scan(dir.path(), Mode::Repair).unwrap();
+    let seqs: Vec<u64> = scan.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(scan.cut.unwrap().offset, hole as u64);
+    // The same hole in the first group, with the second group after it: damage.
+    let mut bytes = segment_header(1).to_vec();
+    for (seq, index, len) in [
+        (1, 0, 2),
+        (2, 1, 2),
+        (3, 0, 4),
+        (4, 1, 4),
+        (5, 2, 4),
+        (6, 3, 4),
+    ] {
+        encode_grouped(&entry(seq), GroupPos { index, len }, &mut bytes);
+    }
+    bytes[24..24 + 38].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = journal::scan(dir.path(), Mode::Repair)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is damaged at byte 24") && err.contains("(sequence 3) follows"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn readiness_waits_for_the_first_snapshot_and_drops_at_shutdown() {
     let a = admin(&s, Method::GET, "/admin/reload").await;
     check_error(&a, 405, "method not allowed here; use POST");
     let a = admin(&s, Method::POST, "/metrics").await;
-    check_error(&a, 405, "method not allowed here; use GET");
+    check_error(&a, 405, "method not allowed here; use GET, HEAD");
     let a = admin(&s, Method::GET, "/nothing").await;
     check_error(&a, 404, "no such admin endpoint");
     // The admin routes are not on the public listener.

@@ -22,7 +22,11 @@ impl Backend for Journal {
     }
 
     fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError> {
-        let mut entries = scan(&self.dir, Mode::ReadOnly)?.entries;
+        let scan = scan(&self.dir, Mode::ReadOnly)?;
+        // A snapshot that folded less than the journal still holds is not served over a
+        // gap: the reload fails and says what is missing.
+        scan.check_complete(&self.dir, seq)?;
+        let mut entries = scan.entries;
         entries.retain(|e| e.seq > seq);
         Ok(entries)
     }

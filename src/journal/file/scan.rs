@@ -129,15 +129,23 @@ pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(out)
 }
 
-/// The first offset at or after `from` where an intact record with a sequence number at or
-/// above `seq` starts.
-fn intact_after(bytes: &[u8], from: usize, seq: u64) -> Option<(usize, u64)> {
-    (from..bytes.len().saturating_sub(format::FRAME_HEADER_LEN - 1)).find_map(|at| {
-        match decode(&bytes[at..]) {
-            Ok((e, _)) if e.seq >= seq => Some((at, e.seq)),
-            _ => None,
+/// The first offset at or after `from` where an intact record of a commit group *later*
+/// than the one of sequence number `bad` starts (or any intact kind-1 record at or after
+/// `bad`, which does not say its group): proof that `bad`'s group was synced before it.
+/// Intact records of `bad`'s own group after it are what a torn write of that group can
+/// leave (its pages reach the disk in any order) and prove nothing.
+fn later_group_after(bytes: &[u8], from: usize, bad: u64) -> Option<(usize, u64)> {
+    let mut at = from;
+    while at + format::FRAME_HEADER_LEN <= bytes.len() {
+        match format::decode_frame(&bytes[at..]) {
+            Ok((e, len, group)) if e.seq >= bad => match group.map(|g| g.first_seq(e.seq)) {
+                Some(Some(first)) if first <= bad => at += len,
+                _ => return Some((at, e.seq)),
+            },
+            _ => at += 1,
         }
-    })
+    }
+    None
 }
 
 /// `HEAD`'s sequence number, when the file exists.
@@ -159,9 +167,12 @@ fn read_head(dir: &Path) -> Result<Option<u64>, JournalError> {
 /// Reads every segment of `dir` in order and checks frames, checksums and sequence
 /// continuity; applies the recovery policy of the module doc.
 pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
+    // HEAD before the listing: a segment created in between is then listed, never named
+    // by HEAD and missing from the listing.
+    let head = read_head(dir)?;
     let files = segment_files(dir)?;
     let mut out = Scan {
-        head: read_head(dir)?,
+        head,
         ..Scan::default()
     };
     let mut expected: Option<u64> = None;
@@ -241,15 +252,15 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
             if !newest {
                 return Err(corrupt(at as u64, reason));
             }
-            // A torn write is the end: nothing intact follows it. An intact record after
-            // the bad one was written by a later group, which is only written once the
-            // bad one's sync had returned: the bad record was acknowledged, and is damage.
-            if let Some((offset, seq_after)) = intact_after(&bytes, at + 1, seq) {
+            // A torn write is the last group: no later group follows it. An intact record
+            // of a later group was written only once the bad one's sync had returned: the
+            // bad record was acknowledged, and is damage.
+            if let Some((offset, seq_after)) = later_group_after(&bytes, at + 1, seq) {
                 return Err(corrupt(
                     at as u64,
                     format!(
-                        "{reason}, and an intact record (sequence {seq_after}) follows at byte \
-                         {offset}: acknowledged changes, not a torn write. If the machine \
+                        "{reason}, and an intact record of a later commit group (sequence \
+                         {seq_after}) follows at byte {offset}: acknowledged changes, not a torn write. If the machine \
                          crashed during a write and losing the records from byte {at} on is \
                          accepted, cut the file there (truncate -s {at})"
                     ),
