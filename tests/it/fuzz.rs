@@ -197,10 +197,10 @@ fn personer_body() {
     run("personer", &mut |input| {
         for v2 in [false, true] {
             let mut b = input.to_vec();
-            if let Ok(r) = no_panic(|| krr::http::personer::parse_personer(&mut b, v2))? {
-                if r.ids.is_empty() || r.ids.len() > 1000 {
-                    return Err(format!("accepted {} ids", r.ids.len()));
-                }
+            if let Ok(r) = no_panic(|| krr::http::personer::parse_personer(&mut b, v2))?
+                && (r.ids.is_empty() || r.ids.len() > 1000)
+            {
+                return Err(format!("accepted {} ids", r.ids.len()));
             }
         }
         Ok(())
