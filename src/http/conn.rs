@@ -3,6 +3,12 @@
 //! pipelined requests queued behind them) loses its connection and its slot instead of
 //! holding both forever. Any byte taken resets the clock: a slow but moving reader is
 //! served.
+//!
+//! It also gives hyper's own error answers the contract's JSON body. A request hyper cannot
+//! parse (a bad request line, an invalid `Content-Length`, headers past the buffer) never
+//! reaches the service: hyper answers it itself, `HTTP/1.1 400 …` with `content-length: 0`,
+//! and closes. The service's own errors always carry a JSON body, so an error head with a
+//! zero length written on its own is hyper's, and it is written with the body instead.
 
 use std::future::Future;
 use std::io;
@@ -19,6 +25,9 @@ pub struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// hyper's bodiless error answer being written as the JSON one: the bytes, how many
+    /// are written, and the length of hyper's buffer (reported once all are written).
+    rewrite: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<S> WriteDeadline<S> {
@@ -28,6 +37,7 @@ impl<S> WriteDeadline<S> {
             inner,
             timeout,
             stalled: None,
+            rewrite: None,
         }
     }
 
@@ -76,6 +86,84 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> WriteDeadline<S> {
+    /// Writes the JSON answer in place of hyper's bodiless one; reports `buf`'s length
+    /// (hyper's bytes) as written once every byte of it is.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let Some((bytes, done, reported)) = &mut self.rewrite else {
+                return Poll::Ready(Ok(0));
+            };
+            if *done == bytes.len() {
+                let n = *reported;
+                self.rewrite = None;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    *done += n;
+                    self.stalled = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.stall(cx),
+            }
+        }
+    }
+}
+
+/// The JSON answer for hyper's own bodiless error answer `head`, or `None` when `head`
+/// is not one (see the module doc).
+pub fn json_for_hyper_error(head: &[u8]) -> Option<Vec<u8>> {
+    let rest = head.strip_prefix(b"HTTP/1.1 ")?;
+    let status: u16 = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    let end = memchr::memmem::find(head, b"\r\n\r\n")?;
+    if status < 400 || end + 4 != head.len() {
+        return None;
+    }
+    let head = std::str::from_utf8(&head[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let mut others = Vec::new();
+    let mut zero_length = false;
+    for line in lines {
+        if line.eq_ignore_ascii_case("content-length: 0") {
+            zero_length = true;
+        } else {
+            others.push(line);
+        }
+    }
+    if !zero_length {
+        return None;
+    }
+    let code = hyper::StatusCode::from_u16(status).ok()?;
+    let reason = code.canonical_reason().unwrap_or("");
+    let message = match status {
+        400 => {
+            "the request is not valid HTTP/1.1 (its request line, a header or its Content-Length)"
+        }
+        414 => "the request target is too long",
+        431 => "the request's headers are too large",
+        501 => "the request uses a transfer coding this service does not implement",
+        505 => "only HTTP/1.1 and HTTP/1.0 are served",
+        _ => reason,
+    };
+    let mut body = Vec::with_capacity(160);
+    crate::render::write_error(status, reason, message, "", &mut body);
+    let mut out = format!("{status_line}\r\n");
+    for line in others {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    ));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -83,6 +171,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.rewrite.is_none()
+            && let Some(json) = json_for_hyper_error(buf)
+        {
+            this.rewrite = Some((json, 0, buf.len()));
+        }
+        if this.rewrite.is_some() {
+            return this.poll_rewrite(cx);
+        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.progressed(r, cx)
     }
@@ -92,6 +188,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // An error head is written alone: one non-empty slice.
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            return self.poll_write(cx, only);
+        }
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.progressed(r, cx)
@@ -118,6 +219,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn hyper_error_heads_get_the_json_body_and_nothing_else_does() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 03:11:17 GMT\r\n\r\n";
+        let out = String::from_utf8(json_for_hyper_error(head).unwrap()).unwrap();
+        let (h, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(
+            h.starts_with("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ndate: "),
+            "{h}"
+        );
+        assert!(
+            h.ends_with(&format!(
+                "content-type: application/json\r\ncontent-length: {}",
+                body.len()
+            )),
+            "{h}"
+        );
+        assert!(body.starts_with(r#"{"status":400,"error":"Bad Request","message":"the request is not valid HTTP/1.1"#), "{body}");
+        // Not hyper's: a success, a body after the head, a non-zero length, a 204.
+        for other in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 95\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            assert_eq!(json_for_hyper_error(other), None);
+        }
+    }
 
     #[tokio::test]
     async fn a_write_nobody_takes_fails_after_the_timeout_and_a_moving_one_does_not() {

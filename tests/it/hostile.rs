@@ -335,6 +335,26 @@ async fn http_edges_host_head_and_encoded_paths() {
     c.read_to_string(&mut text).await.unwrap();
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("the request has no Host header"), "{text}");
+    // Requests hyper refuses before the service sees them get the JSON body too.
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"POST /rest/v1/personer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(raw).await.unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).await.unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{text}");
+        assert!(head.contains("content-type: application/json"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], 400);
+        assert_eq!(
+            v["message"],
+            "the request is not valid HTTP/1.1 (its request line, a header or its Content-Length)"
+        );
+    }
     // HEAD works like GET, without a body.
     let a = call(s.addr, Method::HEAD, "/openapi.json", &[], "").await;
     assert_eq!(a.status, StatusCode::OK);
