@@ -35,6 +35,16 @@ pub enum SnapshotCommand {
         /// Build time (RFC 3339), the instant the 18-month rule is evaluated at; default now.
         #[arg(long, env = "KRR_BUILD_TIME", value_parser = super::parse_time)]
         build_time: Option<Timestamp>,
+        /// The snapshot this one follows (the one served): a result with more than
+        /// --max-shrink percent fewer persons is refused (an empty or cut export).
+        #[arg(long, env = "KRR_PREVIOUS")]
+        previous: Option<PathBuf>,
+        /// With --previous: most percent fewer persons the new snapshot may have.
+        #[arg(long, env = "KRR_MAX_SHRINK", default_value_t = krr::snapshot::DEFAULT_MAX_SHRINK_PERCENT, requires = "previous")]
+        max_shrink: f64,
+        /// With --previous: build even when more persons are lost than --max-shrink allows.
+        #[arg(long, requires = "previous")]
+        allow_shrink: bool,
     },
     /// Upload a snapshot to object storage, then point `CURRENT` at it (replicas following
     /// the prefix with --snapshot-url fetch and serve it; never a half-uploaded one).
@@ -63,7 +73,22 @@ pub fn run(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
             journal_url,
             out,
             build_time,
-        } => build(input, journal, journal_url, out, build_time),
+            previous,
+            max_shrink,
+            allow_shrink,
+        } => {
+            let shrink = match previous {
+                Some(p) if !allow_shrink => Some(krr::snapshot::ShrinkGuard {
+                    previous_records: krr::snapshot::Header::read(&p)
+                        .with_context(|| format!("--previous {}", p.display()))?
+                        .counts
+                        .records,
+                    max_percent: max_shrink,
+                }),
+                _ => None,
+            };
+            build(input, journal, journal_url, out, build_time, shrink)
+        }
         SnapshotCommand::Publish { path, to } => publish(path, to),
         SnapshotCommand::Inspect { path, get } => inspect(path, get),
     }
@@ -75,9 +100,11 @@ fn build(
     journal_url: Option<String>,
     out: PathBuf,
     build_time: Option<Timestamp>,
+    shrink: Option<krr::snapshot::ShrinkGuard>,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut opts = BuildOptions::now();
+    opts.shrink = shrink;
     if let Some(t) = build_time {
         opts.build_time = t;
     }

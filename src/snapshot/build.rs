@@ -44,6 +44,26 @@ pub struct BuildOptions {
     pub journal: Option<JournalInput>,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+    /// Refuse a result with more than `max_percent` % fewer persons than the snapshot it
+    /// follows (`--previous`): an empty or cut export builds a valid, nearly empty snapshot.
+    pub shrink: Option<ShrinkGuard>,
+}
+
+/// The persons of the snapshot a build follows, and how many percent fewer it may have.
+#[derive(Clone, Copy, Debug)]
+pub struct ShrinkGuard {
+    /// Persons in the previous snapshot.
+    pub previous_records: u64,
+    /// Most percent fewer persons allowed.
+    pub max_percent: f64,
+}
+
+/// `--max-shrink`'s default, percent.
+pub const DEFAULT_MAX_SHRINK_PERCENT: f64 = 1.0;
+
+/// True when `new` persons are more than `percent` % fewer than `before`.
+pub fn shrinks_too_much(before: u64, new: u64, percent: f64) -> bool {
+    new < before && (before - new) as f64 > before as f64 * percent / 100.0
 }
 
 /// A journal to fold into a build.
@@ -68,6 +88,7 @@ impl BuildOptions {
             build_time: Timestamp(chrono::Utc::now().timestamp()),
             journal: None,
             progress: false,
+            shrink: None,
         }
     }
 }
@@ -196,6 +217,15 @@ pub fn build_bytes(
         counts,
         max_probe,
     };
+    if let Some(g) = opts.shrink
+        && shrinks_too_much(g.previous_records, header.counts.records, g.max_percent)
+    {
+        return Err(BuildError::Shrink {
+            previous: g.previous_records,
+            new: header.counts.records,
+            max_percent: g.max_percent,
+        });
+    }
     let header = write_atomically(&body, header, out)?;
     let timings = BuildTimings {
         parse: parsed - started,

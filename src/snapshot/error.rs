@@ -119,6 +119,20 @@ pub enum BuildError {
         max = crate::snapshot::format::MAX_FUTURE_SKEW_SECS
     )]
     FutureBuildTime(i64),
+    /// The result lost more persons against the previous snapshot than allowed.
+    #[error(
+        "the new snapshot would have {new} persons, the previous one has {previous}: more than \
+         --max-shrink {max_percent} % fewer (an empty or cut export?); nothing was written. \
+         --allow-shrink builds it anyway"
+    )]
+    Shrink {
+        /// Persons in the previous snapshot.
+        previous: u64,
+        /// Persons in the result.
+        new: u64,
+        /// The limit, percent.
+        max_percent: f64,
+    },
 }
 
 fn invalid_message(errors: &[LineError], total: u64) -> String {

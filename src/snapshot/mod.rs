@@ -24,7 +24,10 @@ pub mod remote;
 pub mod source;
 mod write;
 
-pub use build::{BuildOptions, BuildReport, BuildTimings, JournalInput, build_bytes, build_file};
+pub use build::{
+    BuildOptions, BuildReport, BuildTimings, DEFAULT_MAX_SHRINK_PERCENT, JournalInput, ShrinkGuard,
+    build_bytes, build_file, shrinks_too_much,
+};
 pub use error::{BuildError, LineError, MAX_REPORTED_ERRORS, SnapshotError};
 pub use fold::JournalFold;
 pub use format::{Counts, Header};

@@ -320,13 +320,8 @@ impl Reloader {
     }
 }
 
-/// `--max-shrink`'s default, percent.
-pub const DEFAULT_MAX_SHRINK_PERCENT: f64 = 1.0;
-
-/// True when `new` persons are more than `percent` % fewer than `served`.
-pub fn shrinks_too_much(served: u64, new: u64, percent: f64) -> bool {
-    new < served && (served - new) as f64 > served as f64 * percent / 100.0
-}
+pub use crate::snapshot::DEFAULT_MAX_SHRINK_PERCENT;
+use crate::snapshot::shrinks_too_much;
 
 /// The service's own directory inside the snapshot directory: it maps only files there.
 pub const PRIVATE_DIR: &str = ".served";

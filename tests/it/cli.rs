@@ -396,3 +396,56 @@ fn loadtest_and_peers_say_where_they_moved() {
         );
     }
 }
+
+#[test]
+fn a_build_that_loses_too_many_persons_against_previous_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, previous) = crate::common::register(dir.path(), "full", 800, 3);
+    let cut = dir.path().join("cut.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(dir.path().join("full.jsonl"))
+        .unwrap()
+        .lines()
+        .take(700)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cut, lines.concat()).unwrap();
+    let out = dir.path().join("new.krr");
+    let build = |extra: &[&str]| {
+        let mut args = vec!["snapshot", "build", "--input", p(&cut), "--out", p(&out)];
+        args.extend_from_slice(&["--previous", p(&previous)]);
+        args.extend_from_slice(extra);
+        krr(&args)
+    };
+    let o = build(&[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains(
+            "the new snapshot would have 700 persons, the previous one has 800: more than --max-shrink 1 % fewer"
+        ),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out.exists(), "a refused build wrote its file");
+    // A wider limit, or the operator's explicit choice, builds it.
+    assert!(build(&["--max-shrink", "20"]).status.success());
+    std::fs::remove_file(&out).unwrap();
+    assert!(build(&["--allow-shrink"]).status.success());
+    assert!(out.exists());
+    // A future build time is refused with the reason.
+    let o = krr(&[
+        "snapshot",
+        "build",
+        "--input",
+        p(&cut),
+        "--out",
+        p(&out),
+        "--build-time",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("is ahead of this machine's clock"),
+        "{}",
+        text(&o.stderr)
+    );
+}

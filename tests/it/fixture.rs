@@ -61,6 +61,7 @@ fn the_committed_v1_snapshot_is_read_and_rewritten_byte_for_byte() {
         build_time: h.build_time,
         journal: None,
         progress: false,
+        shrink: None,
     };
     build_file(&fixture("register-v1.jsonl"), &rebuilt, &opts).unwrap();
     assert!(

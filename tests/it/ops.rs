@@ -52,6 +52,7 @@ fn build_variant(register: &[Value], i: u32, work: &Path) -> PathBuf {
             build_time: Timestamp(crate::common::BUILD_TIME.0 + i64::from(i) * 60),
             journal: None,
             progress: false,
+            shrink: None,
         },
     )
     .unwrap();

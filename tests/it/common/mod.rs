@@ -31,6 +31,7 @@ pub fn build_opts() -> BuildOptions {
         build_time: BUILD_TIME,
         journal: None,
         progress: false,
+        shrink: None,
     }
 }
 
