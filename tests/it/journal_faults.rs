@@ -590,3 +590,32 @@ async fn missing_segments_are_refused_with_the_missing_range() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_segment_creation_torn_after_its_length_reached_the_disk_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = segmented(dir.path(), 6).await;
+    let next = journal::segment_files(dir.path())
+        .unwrap()
+        .last()
+        .unwrap()
+        .0
+        + 100;
+    // Header-sized, all zeros, newer than what HEAD names: a creation cut by a crash.
+    let torn = dir.path().join(krr::journal::format::segment_name(next));
+    std::fs::write(&torn, [0u8; 24]).unwrap();
+    let (j, scan) = Journal::open(
+        dir.path(),
+        0,
+        JournalOptions::default(),
+        Box::new(|_: &[Entry]| {}),
+    )
+    .unwrap();
+    j.close();
+    assert_eq!(scan.entries.len(), 6);
+    assert!(!torn.exists());
+    assert_eq!(
+        segs.len(),
+        journal::segment_files(dir.path()).unwrap().len()
+    );
+}

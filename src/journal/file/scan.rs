@@ -186,8 +186,15 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
         };
         let first = match decode_segment_header(&bytes) {
             Ok(first) => first,
-            // A crash while a new segment was being created: it holds no record.
-            Err(format::HeaderError::Short) if newest => {
+            // A crash while a new segment was being created: it holds no record. Its header
+            // is short, or (file systems that extend the length before the data lands)
+            // header-sized but not a header, in a segment `HEAD` does not name yet.
+            Err(e)
+                if newest
+                    && (e == format::HeaderError::Short
+                        || (bytes.len() == SEGMENT_HEADER_LEN
+                            && out.head.is_some_and(|h| h < *named))) =>
+            {
                 out.cut = Some(Cut {
                     file: path.clone(),
                     offset: 0,
