@@ -29,20 +29,10 @@ async fn deeply_nested_json_is_a_400_and_the_service_stays_up() {
             check_error(&post(&s, path, &machine, body).await, 400, too_deep);
         }
     }
-    let auth = format!("Bearer {}", user(WRITE, &pid));
+    let citizen = user(WRITE, &pid);
     let spraak = r#"{"spraak":"#.repeat(5_000) + r#""nb""# + &"}".repeat(5_000);
     for body in [&deep, &spraak] {
-        let a = call(
-            s.addr,
-            Method::PATCH,
-            "/rest/v1/person",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        )
-        .await;
+        let a = patch_person(s.addr, &citizen, body.clone()).await;
         check_error(&a, 400, too_deep);
     }
     // Still serving, and 64 levels (the bound) are only refused for what they are.
@@ -500,23 +490,9 @@ async fn a_full_journal_disk_refuses_changes_keeps_lookups_and_heals() {
     })
     .await;
     let pid = id(&s.register[0]).to_string();
-    let auth = format!("Bearer {}", user(WRITE, &pid));
+    let citizen = user(WRITE, &pid);
     let patch = |spraak: &'static str| {
-        let auth = auth.clone();
-        let addr = s.addr;
-        async move {
-            call(
-                addr,
-                Method::PATCH,
-                "/rest/v1/person",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                format!(r#"{{"spraak":"{spraak}"}}"#),
-            )
-            .await
-        }
+        patch_person(s.addr, &citizen, format!(r#"{{"spraak":"{spraak}"}}"#))
     };
     assert_eq!(patch("en").await.status, StatusCode::NO_CONTENT);
     // Fill the disk.

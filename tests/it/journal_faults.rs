@@ -490,17 +490,21 @@ fn a_torn_last_group_with_intact_records_of_its_own_after_the_hole_is_cut() {
     };
     // A synced group of two, then the last group of four whose second record's page never
     // reached the disk (zeros) while its third and fourth did.
-    let mut bytes = segment_header(1).to_vec();
-    for (seq, index, len) in [
-        (1, 0, 2),
-        (2, 1, 2),
-        (3, 0, 4),
-        (4, 1, 4),
-        (5, 2, 4),
-        (6, 3, 4),
-    ] {
-        encode_grouped(&entry(seq), GroupPos { index, len }, &mut bytes);
-    }
+    let segment = || {
+        let mut bytes = segment_header(1).to_vec();
+        for (seq, index, len) in [
+            (1, 0, 2),
+            (2, 1, 2),
+            (3, 0, 4),
+            (4, 1, 4),
+            (5, 2, 4),
+            (6, 3, 4),
+        ] {
+            encode_grouped(&entry(seq), GroupPos { index, len }, &mut bytes);
+        }
+        bytes
+    };
+    let mut bytes = segment();
     let hole = 24 + 3 * 38;
     bytes[hole..hole + 38].fill(0);
     let path = dir.path().join(segment_name(1));
@@ -510,17 +514,7 @@ fn a_torn_last_group_with_intact_records_of_its_own_after_the_hole_is_cut() {
     assert_eq!(seqs, [1, 2, 3]);
     assert_eq!(scan.cut.unwrap().offset, hole as u64);
     // The same hole in the first group, with the second group after it: damage.
-    let mut bytes = segment_header(1).to_vec();
-    for (seq, index, len) in [
-        (1, 0, 2),
-        (2, 1, 2),
-        (3, 0, 4),
-        (4, 1, 4),
-        (5, 2, 4),
-        (6, 3, 4),
-    ] {
-        encode_grouped(&entry(seq), GroupPos { index, len }, &mut bytes);
-    }
+    let mut bytes = segment();
     bytes[24..24 + 38].fill(0);
     std::fs::write(&path, &bytes).unwrap();
     let err = journal::scan(dir.path(), Mode::Repair)

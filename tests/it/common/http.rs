@@ -292,6 +292,22 @@ pub async fn post(s: &Server, path: &str, token: &str, body: &str) -> Answer {
     .await
 }
 
+/// `PATCH /rest/v1/person` with `body` as JSON and `token`.
+pub async fn patch_person(addr: SocketAddr, token: &str, body: impl Into<Bytes>) -> Answer {
+    let auth = format!("Bearer {token}");
+    call(
+        addr,
+        Method::PATCH,
+        "/rest/v1/person",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
 pub fn ids_body(ids: &[&str]) -> String {
     json!({ "personidentifikatorer": ids }).to_string()
 }
