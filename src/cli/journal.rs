@@ -40,8 +40,8 @@ pub enum JournalCommand {
         /// Compact the journal in PostgreSQL instead.
         #[arg(long, env = "KRR_JOURNAL_URL")]
         journal_url: Option<String>,
-        /// The snapshot whose folded sequence number decides; default: the newest valid
-        /// snapshot of --snapshot-dir.
+        /// The snapshot whose folded sequence number decides; default: the one the service
+        /// serves (its copy in --snapshot-dir/.served), else the newest valid one there.
         #[arg(long)]
         snapshot: Option<PathBuf>,
         /// Where the served snapshots are.
@@ -105,7 +105,7 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
                 writeln!(out, "head          newest segment created starts at {h}")?;
             }
             // Against the served snapshot when there is one; without, only HEAD can tell.
-            let served = open_newest(&snapshot_dir).ok().flatten();
+            let served = served_snapshot(&snapshot_dir);
             let folded = served.as_ref().map_or(u64::MAX, |s| s.header().journal_seq);
             let complete = scan.check_complete(&journal_dir, folded);
             match (&complete, &served) {
@@ -147,7 +147,7 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
             // Verified like the service verifies it: a refused snapshot must not decide.
             let snap = match snapshot {
                 Some(p) => std::sync::Arc::new(Snapshot::open(&p)?),
-                None => std::sync::Arc::new(open_newest(&snapshot_dir)?.ok_or_else(|| {
+                None => std::sync::Arc::new(served_snapshot(&snapshot_dir).ok_or_else(|| {
                     anyhow::anyhow!(
                         "no valid snapshot in {}; nothing is compacted",
                         snapshot_dir.display()
@@ -176,4 +176,15 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The snapshot the service serves: its private copy in `.served/` when there is one (the
+/// newest file of the directory may be one the service refused, e.g. for --max-shrink),
+/// else the newest valid file of the directory.
+fn served_snapshot(dir: &std::path::Path) -> Option<Snapshot> {
+    let private = dir.join(krr::store::reload::PRIVATE_DIR);
+    open_newest(&private)
+        .ok()
+        .flatten()
+        .or_else(|| open_newest(dir).ok().flatten())
 }

@@ -40,7 +40,7 @@ pub enum SnapshotCommand {
         #[arg(long, env = "KRR_PREVIOUS")]
         previous: Option<PathBuf>,
         /// With --previous: most percent fewer persons the new snapshot may have.
-        #[arg(long, env = "KRR_MAX_SHRINK", default_value_t = krr::snapshot::DEFAULT_MAX_SHRINK_PERCENT, requires = "previous")]
+        #[arg(long, env = "KRR_MAX_SHRINK", default_value_t = krr::snapshot::DEFAULT_MAX_SHRINK_PERCENT)]
         max_shrink: f64,
         /// With --previous: build even when more persons are lost than --max-shrink allows.
         #[arg(long, requires = "previous")]

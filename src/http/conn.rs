@@ -193,6 +193,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         if let (Some(only), None) = (filled.next(), filled.next()) {
             return self.poll_write(cx, only);
         }
+        if self.rewrite.is_some() {
+            return self.get_mut().poll_rewrite(cx);
+        }
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.progressed(r, cx)

@@ -253,17 +253,47 @@ impl Reloader {
                 if s.id() == header.id() {
                     Ok(s)
                 } else {
-                    let _ = std::fs::remove_file(s.path());
+                    // Only a copy of ours goes: a file served in place is the operator's.
+                    if s.path().parent() == Some(self.dir.join(PRIVATE_DIR).as_path()) {
+                        let _ = std::fs::remove_file(s.path());
+                    }
                     Err(SnapshotError::Changed)
                 }
             }) {
                 Ok(snapshot) => {
-                    if let Err(e) = self.install(snapshot) {
-                        return Outcome::Failed {
-                            reason: format!(
-                                "the journal cannot be read, so the snapshot is not swapped in: {e}"
-                            ),
-                        };
+                    let mapped = snapshot.path().to_owned();
+                    let ours = mapped.parent() == Some(self.dir.join(PRIVATE_DIR).as_path());
+                    match self.install(snapshot) {
+                        Ok(()) => {}
+                        // The journal lacks changes this snapshot did not fold: serving it
+                        // would lose them. A refusal of this file (remembered until it
+                        // changes); an older candidate may still do.
+                        Err(e @ JournalError::Missing { .. }) => {
+                            if ours {
+                                let _ = std::fs::remove_file(&mapped);
+                            }
+                            let reason = format!("not served: {e}");
+                            tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
+                            metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+                            if let Some(s) = now_seen {
+                                self.refused
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(path.clone(), s);
+                            }
+                            refused.push(Refusal { file: path, reason });
+                            continue;
+                        }
+                        Err(e) => {
+                            if ours {
+                                let _ = std::fs::remove_file(&mapped);
+                            }
+                            return Outcome::Failed {
+                                reason: format!(
+                                    "the journal cannot be read, so the snapshot is not swapped in: {e}"
+                                ),
+                            };
+                        }
                     }
                     let served = self.store.current();
                     let s = served.as_ref().expect("just published");

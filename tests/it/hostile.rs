@@ -551,3 +551,46 @@ async fn a_full_journal_disk_refuses_changes_keeps_lookups_and_heals() {
         .unwrap();
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_snapshot_the_journal_cannot_complete_is_refused_not_swapped() {
+    let s = start(Options::default()).await;
+    let pid = id(&s.register[0]).to_string();
+    let a = patch_person(s.addr, &user(WRITE, &pid), r#"{"spraak":"en"}"#).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    // The journal's only segment is lost (HEAD still names it); a newer snapshot that
+    // folded nothing arrives: serving it would lose the change.
+    let journal = s.dir.path().join("journal");
+    for (_, seg) in krr::journal::segment_files(&journal).unwrap() {
+        std::fs::remove_file(seg).unwrap();
+    }
+    let newer = build_at(
+        s.dir.path(),
+        "next",
+        800,
+        77,
+        crate::common::BUILD_TIME.0 + 60,
+    );
+    std::fs::rename(&newer, s.dir.path().join("snapshots/next.krr")).unwrap();
+    let before = served_id(&s);
+    let answer = reload(&s).await;
+    assert_eq!(answer["result"], "unchanged", "{answer}");
+    let why = answer["refused"][0]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        why.contains("not served")
+            && why.contains("missing the changes with sequence numbers 1 to 1"),
+        "{why}"
+    );
+    assert_eq!(served_id(&s), before);
+    // Remembered: the next reload does not copy and verify it again.
+    let answer = reload(&s).await;
+    assert_eq!(answer["result"], "unchanged");
+    assert!(answer["refused"].as_array().unwrap().is_empty(), "{answer}");
+    // No copy of it is left behind.
+    let copies = std::fs::read_dir(s.dir.path().join("snapshots/.served"))
+        .unwrap()
+        .count();
+    assert_eq!(copies, 1);
+}

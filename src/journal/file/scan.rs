@@ -262,7 +262,7 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
             // A torn write is the last group: no later group follows it. An intact record
             // of a later group was written only once the bad one's sync had returned: the
             // bad record was acknowledged, and is damage.
-            if let Some((offset, seq_after)) = later_group_after(&bytes, at + 1, seq) {
+            if let Some((offset, seq_after)) = later_group_after(&bytes, at, seq) {
                 return Err(corrupt(
                     at as u64,
                     format!(
