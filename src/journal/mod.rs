@@ -8,9 +8,11 @@
 //!   and `snapshot build --journal`); [`Journal`] is the writer. One thread owns the open
 //!   segment; PATCH handlers hand it their change and wait. The thread takes every change queued while the previous sync ran,
 //!   writes them with one `write`, makes them durable with one `fdatasync` (**group commit**),
-//!   applies them to the overlay, and only then answers each waiter. A failed write or sync
-//!   stops the process: nothing that might be lost is acknowledged, and recovery at the next
-//!   start cuts whatever was half written.
+//!   applies them to the overlay, and only then answers each waiter. Nothing that might be
+//!   lost is acknowledged: a failed create or write refuses the group (a half write is cut
+//!   again, and the cut synced, before its sequence numbers are reused), a failed sync
+//!   stops the journal until a restart; lookups never stop for it. Its file operations go
+//!   through [`file::io`], the seam tests inject faults through.
 //!   [`compact`](fn@file::compact) removes segments a snapshot has wholly folded in.
 //! - [`pg`]: the journal as a PostgreSQL table shared by every replica.
 //!
@@ -19,11 +21,13 @@
 //!   recovery and merging by sequence number against the served snapshot's folded one.
 //!
 //! **Recovery policy, `truncate-torn-tail`**: a record that is incomplete or fails its
-//! checksum at the end of the *newest* segment is what a crash during an append leaves; it
-//! was never acknowledged (the sync had not returned), so the segment is cut at the last good
-//! record and the cut is logged. A bad record anywhere else (an older segment, or sequence
-//! numbers that skip) is not a torn write but damage, and start-up refuses it rather than
-//! silently dropping acknowledged changes.
+//! checksum in the *newest* segment, with no intact record of a later commit group after
+//! it, is what a crash during an append leaves; it was never acknowledged (the sync had not
+//! returned), so the segment is cut at the last good record and the cut is logged. A bad
+//! record anywhere else (an older segment, before a later group, or sequence numbers that
+//! skip) is not a torn write but damage, and start-up refuses it rather than silently
+//! dropping acknowledged changes. So do missing segments above the served snapshot's folded
+//! sequence number. A build folds only what is durable ([`Mode::Durable`]).
 
 pub mod error;
 pub mod file;

@@ -47,7 +47,10 @@ impl Fold {
                 ),
             });
         }
-        let scan = scan(dir, Mode::ReadOnly).map_err(|e| BuildError::Journal(e.to_string()))?;
+        // Only what is durable: a group the service has not synced yet could still be lost
+        // or cut, and its sequence numbers given to other changes this snapshot would then
+        // claim to hold.
+        let scan = scan(dir, Mode::Durable).map_err(|e| BuildError::Journal(e.to_string()))?;
         // After a compaction the newest segment may hold no record yet; its start still
         // says how far the sequence has come.
         let folded_seq = scan

@@ -613,3 +613,36 @@ async fn a_segment_creation_torn_after_its_length_reached_the_disk_is_removed() 
         journal::segment_files(dir.path()).unwrap().len()
     );
 }
+
+#[test]
+fn folding_reads_only_what_is_durable_and_complete() {
+    use krr::journal::format::{GroupPos, encode_grouped, segment_header, segment_name};
+    let dir = tempfile::tempdir().unwrap();
+    let people = ids(8);
+    // A complete group of two, then the first two records of a group of three: its write
+    // is under way (or failed half way), so a crash or a cut may still take it back.
+    let mut bytes = segment_header(1).to_vec();
+    for (seq, index, len) in [(1u64, 0, 2), (2, 1, 2), (3, 0, 3), (4, 1, 3)] {
+        let e = Entry {
+            seq,
+            at: krr::model::time::Timestamp(1_795_176_000),
+            change: Change::SetSpraak {
+                id: people[seq as usize],
+                spraak: Spraak::En,
+            },
+        };
+        encode_grouped(&e, GroupPos { index, len }, &mut bytes);
+    }
+    std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+    let durable = journal::scan(dir.path(), Mode::Durable).unwrap();
+    let seqs: Vec<u64> = durable.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    // Recovery and the service's reads still see every record that is there.
+    assert_eq!(
+        journal::scan(dir.path(), Mode::ReadOnly)
+            .unwrap()
+            .entries
+            .len(),
+        4
+    );
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::journal::Entry;
 use crate::journal::JournalError;
 use crate::journal::file::{io_err, sync_dir};
-use crate::journal::format::{self, SEGMENT_HEADER_LEN, decode, decode_segment_header};
+use crate::journal::format::{self, SEGMENT_HEADER_LEN, decode_segment_header};
 
 /// One segment as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +110,12 @@ pub enum Mode {
     ReadOnly,
     /// Recovery at start-up: a torn tail is cut off the file and the cut made durable.
     Repair,
+    /// Only read, and only what is durable (for folding into a snapshot while the service
+    /// appends): the newest segment is `fdatasync`ed and read to the length it had before,
+    /// and a commit group it ends in that is not complete is left out. What is read then
+    /// can never be lost by a crash or cut by a failed write, so no sequence number a
+    /// snapshot claims to have folded is ever given to another change.
+    Durable,
 }
 
 /// The segment files of `dir`, oldest first (files with other names are left alone).
@@ -148,6 +154,21 @@ fn later_group_after(bytes: &[u8], from: usize, bad: u64) -> Option<(usize, u64)
     None
 }
 
+/// The bytes of `path` that are durable: its length is taken, then it is synced (which
+/// makes everything written before durable), then that many bytes are read.
+fn read_durable(path: &Path) -> Result<Vec<u8>, JournalError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    f.sync_data().map_err(io_err(path))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    (&mut f)
+        .take(len)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    Ok(bytes)
+}
+
 /// `HEAD`'s sequence number, when the file exists.
 fn read_head(dir: &Path) -> Result<Option<u64>, JournalError> {
     let path = dir.join(format::HEAD);
@@ -178,7 +199,11 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
     let mut expected: Option<u64> = None;
     for (i, (named, path)) in files.iter().enumerate() {
         let newest = i + 1 == files.len();
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bytes = if newest && mode == Mode::Durable {
+            read_durable(path)?
+        } else {
+            std::fs::read(path).map_err(io_err(path))?
+        };
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt {
             file: path.clone(),
             offset,
@@ -238,14 +263,16 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
         let mut at = SEGMENT_HEADER_LEN;
         let mut seq = first;
         let mut problem = None;
+        let mut last_group = None;
         while at < bytes.len() {
-            match decode(&bytes[at..]) {
-                Ok((e, len)) if e.seq == seq => {
+            match format::decode_frame(&bytes[at..]) {
+                Ok((e, len, group)) if e.seq == seq => {
                     out.entries.push(e);
                     seq += 1;
                     at += len;
+                    last_group = group.map(|g| (g, e.seq));
                 }
-                Ok((e, _)) => {
+                Ok((e, _, _)) => {
                     problem = Some(format!("record has sequence {}, expected {seq}", e.seq));
                     break;
                 }
@@ -287,6 +314,15 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
                 f.set_len(at as u64).map_err(io_err(path))?;
                 f.sync_all().map_err(io_err(path))?;
             }
+        }
+        if newest
+            && mode == Mode::Durable
+            && let Some((g, last)) = last_group
+            && g.index + 1 < g.len
+            && let Some(group_first) = g.first_seq(last)
+        {
+            // The group's write is still under way (or failed half way): not folded.
+            out.entries.retain(|e| e.seq < group_first);
         }
         out.segments.push(SegmentInfo {
             path: path.clone(),
