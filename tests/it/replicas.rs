@@ -1,4 +1,4 @@
-//! Three `krr serve` replicas sharing a PostgreSQL journal and an S3 bucket (moto), all on
+//! Three `krr serve` replicas sharing a PostgreSQL journal and an S3 bucket, all on
 //! 127.0.0.1, as issue 7 asks:
 //!
 //! - a snapshot published once reaches all three;
@@ -11,8 +11,8 @@
 //!   with nothing lost, and `journal compact --journal-url` trims the table;
 //! - a corrupt object behind the pointer is refused while the served snapshot stays.
 //!
-//! PostgreSQL (initdb, pg_ctl) runs as the `postgres` user when the test runs as root;
-//! moto's `moto_server` is started on a free port. Both are preinstalled on the CI image.
+//! PostgreSQL (initdb, pg_ctl; Debian's `postgresql-15`) runs as the `postgres` user when
+//! the test runs as root. The S3 server is `s3s` in this process (a dev-dependency).
 //!
 //! Longer than 500 lines on purpose: one end-to-end scenario whose steps build on each
 //! other (the same PostgreSQL, bucket and replicas throughout), and its harness.
@@ -51,7 +51,10 @@ fn pg_bin(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("PostgreSQL's {name} is not installed (the CI image ships PostgreSQL 15)");
+    panic!(
+        "PostgreSQL's {name} is not installed: tests/it/replicas.rs needs PostgreSQL 15's \
+         programs (apt-get install postgresql-15)"
+    );
 }
 
 /// A throw-away PostgreSQL cluster on a free port.
@@ -170,48 +173,62 @@ impl Drop for Postgres {
     }
 }
 
-/// moto's S3 server on a free port, with one bucket.
+/// An S3 server in this process: `s3s` with its file-system backend (a dev-dependency, so
+/// `cargo test` needs no outside program), on 127.0.0.1:0 with one bucket and the
+/// credentials `test`/`test` (signatures are checked). It runs on a thread and runtime of
+/// its own, so nothing the test blocks on can stall it; it stops when dropped.
 struct S3 {
-    _child: KillOnDrop,
     port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _root: tempfile::TempDir,
 }
 
 impl S3 {
     async fn start(bucket: &str) -> S3 {
-        let port = free_port();
-        let args = [
-            "-H".to_string(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ];
-        let child = Command::new("moto_server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .or_else(|_| {
-                Command::new("python3")
-                    .args(["-m", "moto.server"])
-                    .args(&args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .expect("moto is installed (the CI image ships it; .ci/run installs it if not)");
-        let s3 = S3 {
-            _child: KillOnDrop(child),
-            port,
+        let root = tempfile::tempdir().unwrap();
+        // A bucket of the file-system backend is a directory of its root.
+        std::fs::create_dir(root.path().join(bucket)).unwrap();
+        let service = {
+            let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+            let mut b = s3s::service::S3ServiceBuilder::new(fs);
+            b.set_auth(s3s::auth::SimpleAuth::from_single("test", "test"));
+            b.build()
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(a) = s3.put(&format!("/{bucket}"), Vec::new()).await
-                && a.status.is_success()
-            {
-                return s3;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("s3".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    loop {
+                        tokio::select! {
+                            r = listener.accept() => {
+                                let Ok((socket, _)) = r else { continue };
+                                let service = service.clone();
+                                tokio::spawn(async move {
+                                    let _ = hyper::server::conn::http1::Builder::new()
+                                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                                        .await;
+                                });
+                            }
+                            _ = &mut stopped => break,
+                        }
+                    }
+                });
+            })
+            .unwrap();
+        S3 {
+            port,
+            stop: Some(stop),
+            _root: root,
         }
     }
 
@@ -244,15 +261,6 @@ impl S3 {
             .await;
     }
 
-    /// An unsigned PUT (moto does not check signatures): makes a bucket.
-    async fn put(&self, path: &str, body: Vec<u8>) -> Option<Answer> {
-        try_call(self.addr(), Method::PUT, path, &[], body).await
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", "test".into()),
@@ -261,6 +269,14 @@ impl S3 {
             ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
             ("AWS_ALLOW_HTTP", "true".into()),
         ]
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
