@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use krr::app::{self, Config, prepare};
 use krr::auth::JwksSource;
-use krr::dev::keys::{rsa_key_and_jwks, self_signed, write_private};
-use krr::dev::mint::{MintOptions, mint};
+use krr::dev::keys::{jwks_of, new_rsa_key, self_signed, write_private};
+use krr::dev::mint::{IDPORTEN, MASKINPORTEN, MintOptions, mint};
 
 use super::LogFormat;
 
@@ -74,10 +74,6 @@ impl DemoPaths {
 
 /// Persons in the demo register.
 const DEMO_PERSONS: u64 = 200_000;
-/// The demo issuer (what its tokens carry as `iss`).
-const DEMO_ISSUER: &str = "https://maskinporten.no/";
-/// The demo issuer key's `kid`.
-const DEMO_KID: &str = "krr-demo";
 
 /// Creates (or reuses) the demo's register, snapshot, keys and certificates, then serves
 /// with the demo key trusted, printing a `curl` that works.
@@ -106,15 +102,23 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
             &krr::snapshot::BuildOptions::now(),
         )?;
     }
-    if !paths.issuer_key().exists() || !paths.jwks().exists() {
+    if !paths.issuer_key().exists() {
         eprintln!("demo: creating a development token-issuer key…");
-        let (key_pem, jwks) = rsa_key_and_jwks(DEMO_KID)?;
-        write_private(&paths.issuer_key(), &key_pem)?;
-        std::fs::write(paths.jwks(), jwks)?;
+        write_private(&paths.issuer_key(), &new_rsa_key()?)?;
     }
+    // The JWKS is the key's public half under its thumbprint, the `kid` `krr token` puts
+    // into its tokens (written each time, so a demo directory of an older build agrees).
+    let issuer_pem = std::fs::read_to_string(paths.issuer_key())?;
+    let jwks = jwks_of(&issuer_pem).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not an RSA or EC private key",
+            paths.issuer_key().display()
+        )
+    })?;
+    std::fs::write(paths.jwks(), jwks)?;
     if !paths.signing_key().exists() || !paths.signing_cert().exists() {
         eprintln!("demo: creating a development response-signing key and certificate…");
-        let (key_pem, _) = rsa_key_and_jwks("signing")?;
+        let key_pem = new_rsa_key()?;
         let cert = self_signed(&key_pem, "krr demo response signing (development only)")?;
         write_private(&paths.signing_key(), &key_pem)?;
         std::fs::write(paths.signing_cert(), cert)?;
@@ -127,7 +131,7 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
         listen,
         snapshot_dir: paths.snapshot_dir.clone(),
         jwks: Some(JwksSource::File(paths.jwks())),
-        issuers: vec![DEMO_ISSUER.to_string()],
+        issuers: vec![MASKINPORTEN.to_string(), IDPORTEN.to_string()],
         signing: Some((paths.signing_key(), paths.signing_cert())),
         print: Some((
             krr::dev::generate::PROVIDERS[0].orgnr.to_string(),
@@ -144,7 +148,6 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
         &std::fs::read(paths.issuer_key())?,
         &MintOptions {
             scope: "krr:global/kontaktinformasjon.read krr:global/digitalpost.read".into(),
-            kid: Some(DEMO_KID.into()),
             ttl: 3600,
             ..MintOptions::default()
         },
@@ -168,8 +171,9 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
     println!("krr demo is serving {DEMO_PERSONS} synthetic persons on http://{addr}");
     println!("Try (the token is valid for an hour; rerun `krr demo` for a new one):");
     println!();
+    println!("TOKEN={token}");
     println!(
-        "curl -s http://{addr}/rest/v1/personer -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"personidentifikatorer\":[\"{}\",\"{}\",\"20914695016\"]}}'",
+        "curl -s http://{addr}/rest/v1/personer -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"personidentifikatorer\":[\"{}\",\"{}\",\"20914695016\"]}}'",
         ids.first().map_or("", String::as_str),
         ids.get(1).map_or("", String::as_str),
     );
@@ -178,10 +182,10 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
             &std::fs::read(paths.issuer_key())?,
             &MintOptions {
                 scope: "krr:user/kontaktinformasjon.read krr:user/spraak.write".into(),
-                kid: Some(DEMO_KID.into()),
                 ttl: 3600,
                 pid: Some(me.clone()),
                 user: true,
+                iss: IDPORTEN.into(),
                 ..MintOptions::default()
             },
         )?;
@@ -190,10 +194,11 @@ async fn demo(paths: DemoPaths, listen: SocketAddr, admin: SocketAddr) -> anyhow
             "As that first person (a citizen's token): change the language, then read it back:"
         );
         println!();
+        println!("CITIZEN={citizen}");
         println!(
-            "curl -si -X PATCH http://{addr}/rest/v1/person -H 'Authorization: Bearer {citizen}' -H 'Content-Type: application/json' -d '{{\"spraak\":\"en\"}}'"
+            "curl -si -X PATCH http://{addr}/rest/v1/person -H \"Authorization: Bearer $CITIZEN\" -H 'Content-Type: application/json' -d '{{\"spraak\":\"en\"}}'"
         );
-        println!("curl -s http://{addr}/rest/v1/person -H 'Authorization: Bearer {citizen}'");
+        println!("curl -s http://{addr}/rest/v1/person -H \"Authorization: Bearer $CITIZEN\"");
     }
     println!();
     println!(

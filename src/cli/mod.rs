@@ -15,6 +15,7 @@
 mod demo;
 mod generate;
 mod journal;
+mod keys;
 mod logging;
 mod moved;
 mod serve;
@@ -63,6 +64,12 @@ enum Command {
     },
     /// Mint a signed test token (development and load tests); prints the token alone.
     Token(token::TokenArgs),
+    /// Make the keys a service of your own needs (token issuer with its JWKS, response
+    /// signing).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Moved: `krr-bench loadtest` (tools/krr-bench) drives a running service.
     #[command(hide = true)]
     Loadtest(moved::Moved),
@@ -82,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(*args, cli.log_format),
         Command::Journal { command } => journal::run(command),
         Command::Token(args) => token::run(args),
+        Command::Keys { command } => keys::run(command),
         Command::Demo(args) => demo::run(args, cli.log_format),
         Command::Loadtest(_) => Ok(moved::explain("loadtest")),
         Command::Peers(_) => Ok(moved::explain("peers")),

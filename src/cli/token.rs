@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use krr::dev::mint::{MASKINPORTEN, MintOptions, mint};
+use krr::dev::mint::{IDPORTEN, MASKINPORTEN, MintOptions, mint};
 
 #[derive(clap::Args)]
 pub struct TokenArgs {
@@ -18,13 +18,15 @@ pub struct TokenArgs {
     /// `pid` claim: the person of a user token, or the one person a machine token may look up.
     #[arg(long, env = "KRR_PID")]
     pid: Option<String>,
-    /// `iss` claim.
-    #[arg(long, env = "KRR_ISS", default_value = MASKINPORTEN)]
-    iss: String,
+    /// `iss` claim [default: Maskinporten's https://maskinporten.no/, ID-porten's
+    /// https://idporten.no with --user].
+    #[arg(long, env = "KRR_ISS")]
+    iss: Option<String>,
     /// Lifetime in seconds.
     #[arg(long, env = "KRR_TTL", default_value_t = 3600)]
     ttl: u64,
-    /// `kid` header (must match a key of the service's JWKS).
+    /// `kid` header (must match a key of the service's JWKS) [default: the key's RFC 7638
+    /// thumbprint, the `kid` `krr keys new` writes into its JWKS].
     #[arg(long, env = "KRR_KID")]
     kid: Option<String>,
     /// `aud` claim.
@@ -43,7 +45,9 @@ pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
     let opts = MintOptions {
         scope: a.scope,
         pid: a.pid,
-        iss: a.iss,
+        iss: a
+            .iss
+            .unwrap_or_else(|| if a.user { IDPORTEN } else { MASKINPORTEN }.to_string()),
         ttl: a.ttl,
         kid: a.kid,
         aud: a.aud,

@@ -6,8 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value, json};
 
-/// Maskinporten's issuer.
+/// Maskinporten's issuer (machine tokens).
 pub const MASKINPORTEN: &str = "https://maskinporten.no/";
+/// ID-porten's issuer (citizens' tokens).
+pub const IDPORTEN: &str = "https://idporten.no";
 
 /// What to put in the token.
 #[derive(Clone, Debug)]
@@ -20,7 +22,8 @@ pub struct MintOptions {
     pub iss: String,
     /// Lifetime in seconds.
     pub ttl: u64,
-    /// `kid` header.
+    /// `kid` header; `None`: the key's RFC 7638 thumbprint (what `krr keys new` and
+    /// `krr demo` name the key by in their JWKS).
     pub kid: Option<String>,
     /// `aud` claim.
     pub aud: Option<String>,
@@ -96,7 +99,11 @@ pub fn mint(key_pem: &[u8], opts: &MintOptions) -> Result<String, MintError> {
         claims.insert("aud".into(), json!(aud));
     }
     let mut header = Header::new(alg);
-    header.kid = opts.kid.clone();
+    header.kid = opts.kid.clone().or_else(|| {
+        std::str::from_utf8(key_pem)
+            .ok()
+            .and_then(crate::dev::keys::kid_of)
+    });
     jsonwebtoken::encode(&header, &Value::Object(claims), &key)
         .map_err(|e| MintError::Sign(e.to_string()))
 }

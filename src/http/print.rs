@@ -21,6 +21,9 @@ pub enum PrintCertError {
     /// The PEM holds no `CERTIFICATE`.
     #[error("print certificate: no PEM certificate found")]
     NoCertificate,
+    /// The `CERTIFICATE` block is not an X.509 certificate.
+    #[error("print certificate: the CERTIFICATE block is not an X.509 certificate ({0})")]
+    NotX509(String),
 }
 
 /// The `printSertifikat` answer for a provider and its certificate (PEM).
@@ -29,6 +32,9 @@ pub fn print_body(orgnr: &str, cert_pem: &str) -> Result<Bytes, PrintCertError> 
         .into_iter()
         .find(|p| p.tag() == "CERTIFICATE")
         .ok_or(PrintCertError::NoCertificate)?;
+    // Parsed, not only unwrapped: agencies encrypt letters to this certificate.
+    let der = rustls_pki_types::CertificateDer::from(cert.contents());
+    webpki::EndEntityCert::try_from(&der).map_err(|e| PrintCertError::NotX509(format!("{e:?}")))?;
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(cert.contents());
     let mut out = Vec::new();
@@ -60,4 +66,29 @@ pub fn openapi() -> Resp {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    #[test]
+    fn the_print_certificate_must_be_a_real_certificate() {
+        for pem in [
+            crate::dev::generate::PROVIDERS[0].pem,
+            crate::dev::generate::PROVIDERS[1].pem,
+        ] {
+            assert!(print_body("984661185", pem).is_ok());
+        }
+        let junk = pem::encode(&pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec()));
+        let err = print_body("984661185", &junk).unwrap_err().to_string();
+        assert!(
+            err.starts_with("print certificate: the CERTIFICATE block is not an X.509 certificate"),
+            "{err}"
+        );
+        assert!(matches!(
+            print_body("984661185", "no pem here"),
+            Err(PrintCertError::NoCertificate)
+        ));
+    }
 }
