@@ -149,6 +149,16 @@ pub enum StartError {
     /// The journal database could not be opened.
     #[error("opening the journal database")]
     JournalDatabase(#[source] JournalError),
+    /// The address is taken (another krr, or another program).
+    #[error(
+        "{what}{addr} is already in use: is krr already running? Stop it, or choose another address with --listen / --admin-listen"
+    )]
+    BindInUse {
+        /// `""` or `"the admin listener "`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A listener could not be bound.
     #[error("binding {what}{addr}")]
     Bind {
@@ -310,9 +320,13 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::BindInUse { what, addr }
+        } else {
+            StartError::Bind { what, addr, source }
+        }
+    })
 }
 
 /// Recovers the journal, replays into the overlay what the served snapshot does not hold,

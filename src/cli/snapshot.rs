@@ -56,6 +56,11 @@ pub enum SnapshotCommand {
         to: String,
     },
     /// Print a snapshot's header and verify its checksum.
+    #[command(
+        after_help = "Exit status: 0 the snapshot verifies (and --get's person is in it); \
+        1 the command could not run (e.g. --get is not 11 digits); 2 the snapshot is refused or \
+        unreadable (the reason is printed after `verdict`); 3 --get's person is not in it."
+    )]
     Inspect {
         /// The snapshot file.
         path: PathBuf,

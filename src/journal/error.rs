@@ -59,7 +59,9 @@ pub enum JournalError {
     #[error("the journal is closed")]
     Closed,
     /// Another process (or writer) holds the journal.
-    #[error("journal {0} is in use by another process (its LOCK file is locked)")]
+    #[error(
+        "journal {0} is in use by another process (its LOCK file is locked): is another krr serve or demo running on it? Stop it, or give this one another --journal-dir"
+    )]
     Locked(PathBuf),
     /// The journal database could not be reached (or too many changes wait for it); the
     /// change was not made.

@@ -337,6 +337,8 @@ fn every_help_text_is_as_recorded() {
         &["journal", "init"],
         &["journal", "compact"],
         &["token"],
+        &["keys"],
+        &["keys", "new"],
         &["demo"],
     ];
     for args in commands {
@@ -447,5 +449,37 @@ fn a_build_that_loses_too_many_persons_against_previous_is_refused() {
         text(&o.stderr).contains("is ahead of this machine's clock"),
         "{}",
         text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_busy_port_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let jwks = crate::common::http::fixture("keys/jwks.json");
+    let o = krr(&[
+        "serve",
+        "--listen",
+        &addr,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--jwks-file",
+        p(&jwks),
+        "--issuer",
+        "https://maskinporten.no/",
+        "--snapshot-dir",
+        p(dir.path()),
+        "--journal-dir",
+        p(&dir.path().join("journal")),
+        "--no-watch",
+    ]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "{addr} is already in use: is krr already running?"
+        )) && err.contains("--listen / --admin-listen"),
+        "{err}"
     );
 }
