@@ -483,3 +483,35 @@ fn a_busy_port_says_what_to_do() {
         "{err}"
     );
 }
+
+/// The README's "Serve your own register", run literally by `tools/serve-own-register`.
+#[test]
+fn serving_your_own_register_ends_with_a_200() {
+    let work = tempfile::tempdir().unwrap();
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (api, admin) = (port(0), port(1));
+    let o = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/serve-own-register"))
+        .env("KRR", env!("CARGO_BIN_EXE_krr"))
+        .env("WORK", work.path())
+        .env("PORT", &api)
+        .env("ADMIN", &admin)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert_eq!(text(&o.stdout).lines().last(), Some("200"));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("answer.json")).unwrap()).unwrap();
+    assert_eq!(answer["personer"][0]["status"], "AKTIV");
+}
