@@ -44,6 +44,12 @@ fn new(out: &Path, force: bool) -> anyhow::Result<ExitCode> {
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Replaced files are made anew, so the private keys get 0600 whatever the old ones had.
+    for f in &files {
+        if f.exists() {
+            std::fs::remove_file(f).with_context(|| format!("replacing {}", f.display()))?;
+        }
+    }
     let [issuer_key, jwks, signing_key, signing_cert] = &files;
     let issuer = new_rsa_key()?;
     write_private(issuer_key, &issuer)

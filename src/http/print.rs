@@ -21,8 +21,10 @@ pub enum PrintCertError {
     /// The PEM holds no `CERTIFICATE`.
     #[error("print certificate: no PEM certificate found")]
     NoCertificate,
-    /// The `CERTIFICATE` block is not an X.509 certificate.
-    #[error("print certificate: the CERTIFICATE block is not an X.509 certificate ({0})")]
+    /// The `CERTIFICATE` block does not parse as an X.509 v3 certificate (webpki's rules).
+    #[error(
+        "print certificate: the CERTIFICATE block is not an X.509 v3 certificate this service can serve ({0})"
+    )]
     NotX509(String),
 }
 
@@ -83,7 +85,7 @@ mod cert_tests {
         let junk = pem::encode(&pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec()));
         let err = print_body("984661185", &junk).unwrap_err().to_string();
         assert!(
-            err.starts_with("print certificate: the CERTIFICATE block is not an X.509 certificate"),
+            err.starts_with("print certificate: the CERTIFICATE block is not an X.509 v3 certificate"),
             "{err}"
         );
         assert!(matches!(

@@ -60,7 +60,7 @@ pub enum JournalError {
     Closed,
     /// Another process (or writer) holds the journal.
     #[error(
-        "journal {0} is in use by another process (its LOCK file is locked): is another krr serve or demo running on it? Stop it, or give this one another --journal-dir"
+        "journal {0} is in use by another process (its LOCK file is locked): is another krr serve or demo running on it? Stop it, or give this one another --journal-dir (krr demo: --demo-dir)"
     )]
     Locked(PathBuf),
     /// The journal database could not be reached (or too many changes wait for it); the
