@@ -85,7 +85,9 @@ mod cert_tests {
         let junk = pem::encode(&pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec()));
         let err = print_body("984661185", &junk).unwrap_err().to_string();
         assert!(
-            err.starts_with("print certificate: the CERTIFICATE block is not an X.509 v3 certificate"),
+            err.starts_with(
+                "print certificate: the CERTIFICATE block is not an X.509 v3 certificate"
+            ),
             "{err}"
         );
         assert!(matches!(
