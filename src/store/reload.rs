@@ -272,16 +272,7 @@ impl Reloader {
                             if ours {
                                 let _ = std::fs::remove_file(&mapped);
                             }
-                            let reason = format!("not served: {e}");
-                            tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
-                            metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
-                            if let Some(s) = now_seen {
-                                self.refused
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .insert(path.clone(), s);
-                            }
-                            refused.push(Refusal { file: path, reason });
+                            refused.push(self.refuse(path, now_seen, format!("not served: {e}")));
                             continue;
                         }
                         Err(e) => {
@@ -307,26 +298,27 @@ impl Reloader {
                         refused,
                     };
                 }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), cause = %e, "snapshot refused; the served snapshot stays");
-                    metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
-                    if let Some(s) = now_seen {
-                        self.refused
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(path.clone(), s);
-                    }
-                    refused.push(Refusal {
-                        file: path,
-                        reason: e.to_string(),
-                    });
-                }
+                Err(e) => refused.push(self.refuse(path, now_seen, e.to_string())),
             }
         }
         Outcome::Unchanged {
             current: cur_id,
             refused,
         }
+    }
+
+    /// A refused file: logged, counted, and remembered as it looks now (`seen`), so it is
+    /// not copied and verified again until it changes.
+    fn refuse(&self, path: PathBuf, seen: Option<Seen>, reason: String) -> Refusal {
+        tracing::warn!(file = %path.display(), cause = %reason, "snapshot refused; the served snapshot stays");
+        metrics::counter!(crate::metrics::SNAPSHOT_REFUSALS).increment(1);
+        if let Some(s) = seen {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.clone(), s);
+        }
+        Refusal { file: path, reason }
     }
 
     /// Folds the journal entries `snapshot` does not hold into the overlay, then publishes
