@@ -117,8 +117,12 @@ impl<S: AsyncWrite + Unpin> WriteDeadline<S> {
 pub fn json_for_hyper_error(head: &[u8]) -> Option<Vec<u8>> {
     let rest = head.strip_prefix(b"HTTP/1.1 ")?;
     let status: u16 = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    // Answers that succeed (nearly all) stop here, before any scan of the buffer.
+    if status < 400 || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
     let end = memchr::memmem::find(head, b"\r\n\r\n")?;
-    if status < 400 || end + 4 != head.len() {
+    if end + 4 != head.len() {
         return None;
     }
     let head = std::str::from_utf8(&head[..end]).ok()?;
