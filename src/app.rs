@@ -295,6 +295,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         ),
     };
     reloader.attach_journal(journal.clone());
+    {
+        // The served snapshot's changes get their ids before the API opens.
+        let reloader = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || reloader.number_served()).await;
+    }
     let listener = bind("", config.listen).await?;
     let admin = match config.admin_listen {
         Some(addr) => Some(bind("the admin listener ", addr).await?),

@@ -56,6 +56,16 @@ pub const CONNECTIONS_TIMED_OUT: &str = "krr_connections_timed_out_total";
 /// fsync), by reason.
 pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 
+/// Change feed requests answered with a page.
+pub const FEED_REQUESTS: &str = "krr_feed_requests_total";
+/// Entries the change feed has listed.
+pub const FEED_ENTRIES: &str = "krr_feed_entries_total";
+/// The newest change id this replica's feed answers (`sisteEndringsId`).
+pub const FEED_NEWEST_ID: &str = "krr_feed_newest_id";
+/// Change ids handed out (the journal's newest) that this replica's feed does not answer
+/// yet: a replica behind its journal or not yet swapped to a reserved snapshot.
+pub const FEED_LAG: &str = "krr_feed_lag_ids";
+
 /// The process-wide recorder (installed on first use; later calls share it).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -137,6 +147,16 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
         "connections closed because the client took none of its answer within --write-timeout"
+    );
+    describe_counter!(FEED_REQUESTS, "change feed pages answered");
+    describe_counter!(FEED_ENTRIES, "persons listed by the change feed");
+    describe_gauge!(
+        FEED_NEWEST_ID,
+        "the newest change id this replica's change feed answers"
+    );
+    describe_gauge!(
+        FEED_LAG,
+        "change ids handed out that this replica's change feed does not answer yet"
     );
     describe_gauge!(
         JOURNAL_REFUSING,

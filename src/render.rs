@@ -25,7 +25,9 @@
 use crate::model::Groups;
 use crate::model::fnr::PersonId;
 use crate::model::time::Timestamp;
-use crate::model::{DigitalPost, Kontaktinformasjon, Person, Spraak, Status, Varslingsstatus};
+use crate::model::{
+    DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status, Varslingsstatus,
+};
 
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
@@ -64,15 +66,40 @@ fn write_ts(t: Timestamp, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// Head segment: `{"personidentifikator":"…"` then `"reservasjon"` (when present) and `"status"`.
-pub fn write_head(id: PersonId, reservasjon: Option<&str>, status: &str, out: &mut Vec<u8>) {
+/// The reservation fields of the head segment.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadReservasjon<'a> {
+    /// `JA` or `NEI`.
+    pub reservasjon: &'a str,
+    /// When the person reserved.
+    pub tidspunkt: Option<Timestamp>,
+    /// When the reservation was last set or lifted.
+    pub oppdatert: Option<Timestamp>,
+}
+
+/// Head segment: `{"personidentifikator":"…"` then `"reservasjon"`,
+/// `"reservasjonstidspunkt"`, `"reservasjon_oppdatert"` (each when present) and `"status"`.
+pub fn write_head(
+    id: PersonId,
+    reservasjon: Option<HeadReservasjon<'_>>,
+    status: &str,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"{\"personidentifikator\":\"");
     id.write_to(out);
     out.push(b'"');
     if let Some(r) = reservasjon {
         out.extend_from_slice(b",\"reservasjon\":\"");
-        out.extend_from_slice(r.as_bytes());
+        out.extend_from_slice(r.reservasjon.as_bytes());
         out.push(b'"');
+        if let Some(t) = r.tidspunkt {
+            out.extend_from_slice(b",\"reservasjonstidspunkt\":");
+            write_ts(t, out);
+        }
+        if let Some(t) = r.oppdatert {
+            out.extend_from_slice(b",\"reservasjon_oppdatert\":");
+            write_ts(t, out);
+        }
     }
     out.extend_from_slice(b",\"status\":\"");
     out.extend_from_slice(status.as_bytes());
@@ -114,6 +141,14 @@ pub fn write_kontakt(k: &Kontaktinformasjon, out: &mut Vec<u8>) {
         key("epostadresse_sist_verifisert", out);
         write_ts(t, out);
     }
+    if let Some(t) = k.epostadresse_sist_validert {
+        key("epostadresse_sist_validert", out);
+        write_ts(t, out);
+    }
+    if let Some(d) = k.epostadresse_duplisert.filter(|_| k.epostadresse.is_some()) {
+        key("epostadresse_duplisert", out);
+        out.extend_from_slice(ja_nei(d));
+    }
     if let Some(v) = &k.mobiltelefonnummer {
         key("mobiltelefonnummer", out);
         write_str(v, out);
@@ -126,8 +161,25 @@ pub fn write_kontakt(k: &Kontaktinformasjon, out: &mut Vec<u8>) {
         key("mobiltelefonnummer_sist_verifisert", out);
         write_ts(t, out);
     }
+    if let Some(t) = k.mobiltelefonnummer_sist_validert {
+        key("mobiltelefonnummer_sist_validert", out);
+        write_ts(t, out);
+    }
+    if let Some(d) = k.mobiltelefonnummer_duplisert.filter(|_| k.mobiltelefonnummer.is_some()) {
+        key("mobiltelefonnummer_duplisert", out);
+        out.extend_from_slice(ja_nei(d));
+    }
     out.push(b'}');
 }
+
+fn ja_nei(b: bool) -> &'static [u8] {
+    if b { DUPLISERT_JA } else { DUPLISERT_NEI }
+}
+
+/// `*_duplisert`'s value when another AKTIV person has the address or number.
+pub const DUPLISERT_JA: &[u8] = b"\"JA\"";
+/// `*_duplisert`'s value otherwise.
+pub const DUPLISERT_NEI: &[u8] = b"\"NEI\"";
 
 /// Digital post segment.
 pub fn write_digital_post(d: &DigitalPost, out: &mut Vec<u8>) {
@@ -207,7 +259,11 @@ pub fn write_segment(p: &Person, varsling: Varslingsstatus, seg: Segment, out: &
     match seg {
         Segment::Head => {
             let reservasjon = if aktiv {
-                p.reservasjon.map(|r| r.as_str())
+                p.reservasjon.map(|r| HeadReservasjon {
+                    reservasjon: r.as_str(),
+                    tidspunkt: p.reservasjonstidspunkt.filter(|_| r == Reservasjon::Ja),
+                    oppdatert: p.reservasjon_oppdatert,
+                })
             } else {
                 None
             };

@@ -55,6 +55,9 @@ const USER: [(&str, Groups); 4] = [
     ),
 ];
 
+/// The scope of the change feed (`POST /rest/v2/krr/hentEndringer`).
+pub const FEED_READ: &str = "krr:global/hentendring.read";
+
 /// Scopes that allow `PATCH /rest/v1/person`.
 pub const SPRAAK_WRITE: [&str; 2] = ["krr:user/spraak.write", "user/spraak.write"];
 
@@ -72,6 +75,8 @@ pub struct Grants {
     pub user: Option<Groups>,
     /// May change the language.
     pub spraak_write: bool,
+    /// May read the change feed (its entries show the `global` groups).
+    pub feed: bool,
 }
 
 impl Grants {
@@ -88,6 +93,9 @@ impl Grants {
             if SPRAAK_WRITE.contains(&s) {
                 g.spraak_write = true;
             }
+            if s == FEED_READ {
+                g.feed = true;
+            }
         }
         g
     }
@@ -103,10 +111,20 @@ mod tests {
             Grants {
                 global,
                 user,
-                spraak_write: write
+                spraak_write: write,
+                feed: false,
             },
             "scope {scope:?}"
         );
+    }
+
+    #[test]
+    fn the_feed_scope() {
+        let g = Grants::from_scope("krr:global/hentendring.read");
+        assert!(g.feed);
+        assert_eq!(g.global, None, "the feed scope alone grants no group");
+        let g = Grants::from_scope("krr:global/hentendring.read global/spraak.read");
+        assert_eq!((g.feed, g.global), (true, Some(Groups::SPRAAK)));
     }
 
     #[test]

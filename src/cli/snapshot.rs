@@ -35,8 +35,10 @@ pub enum SnapshotCommand {
         /// Build time (RFC 3339), the instant the 18-month rule is evaluated at; default now.
         #[arg(long, env = "KRR_BUILD_TIME", value_parser = super::parse_time)]
         build_time: Option<Timestamp>,
-        /// The snapshot this one follows (the one served): a result with more than
-        /// --max-shrink percent fewer persons is refused (an empty or cut export).
+        /// The snapshot this one follows (the one served): the persons whose answers differ
+        /// from it become the change feed's changes (without it every person is one), and a
+        /// result with more than --max-shrink percent fewer persons is refused (an empty
+        /// or cut export).
         #[arg(long, env = "KRR_PREVIOUS")]
         previous: Option<PathBuf>,
         /// With --previous: most percent fewer persons the new snapshot may have.
@@ -82,9 +84,9 @@ pub fn run(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
             max_shrink,
             allow_shrink,
         } => {
-            let shrink = match previous {
+            let shrink = match &previous {
                 Some(p) if !allow_shrink => Some(krr::snapshot::ShrinkGuard {
-                    previous_records: krr::snapshot::Header::read(&p)
+                    previous_records: krr::snapshot::Header::read(p)
                         .with_context(|| format!("--previous {}", p.display()))?
                         .counts
                         .records,
@@ -92,7 +94,7 @@ pub fn run(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 }),
                 _ => None,
             };
-            build(input, journal, journal_url, out, build_time, shrink)
+            build(input, journal, journal_url, out, build_time, shrink, previous)
         }
         SnapshotCommand::Publish { path, to } => publish(path, to),
         SnapshotCommand::Inspect { path, get } => inspect(path, get),
@@ -106,10 +108,12 @@ fn build(
     out: PathBuf,
     build_time: Option<Timestamp>,
     shrink: Option<krr::snapshot::ShrinkGuard>,
+    previous: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut opts = BuildOptions::now();
     opts.shrink = shrink;
+    opts.previous = previous;
     if let Some(t) = build_time {
         opts.build_time = t;
     }
@@ -151,10 +155,26 @@ fn build(
         started.elapsed().as_secs_f64(),
         h.id()
     );
+    let f = &report.feed;
+    match f.previous {
+        Some(prev) => eprintln!(
+            "change feed: against {prev:016x}: {} new, {} changed, {} gone, {} renumbered              (the previous snapshot's changes had no ids in the journal given), {} kept their ids",
+            f.new, f.changed, f.gone, f.renumbered, f.kept
+        ),
+        None => eprintln!(
+            "change feed: a first build (no --previous): all {} persons are changes",
+            f.own
+        ),
+    }
+    eprintln!(
+        "shared contact details (*_duplisert JA): {} e-mail addresses, {} mobile numbers",
+        f.shared_emails, f.shared_mobiles
+    );
     let t = &report.timings;
     eprintln!(
-        "phases: parse {:.2} s, assemble {:.2} s, write+fsync {:.2} s",
+        "phases: parse {:.2} s, compare {:.2} s, assemble {:.2} s, write+fsync {:.2} s",
         t.parse.as_secs_f64(),
+        t.compare.as_secs_f64(),
         t.assemble.as_secs_f64(),
         t.write.as_secs_f64()
     );

@@ -208,12 +208,26 @@ const DOMAINS: [&str; 4] = [
 
 const DAY: i64 = 86_400;
 
-/// Draws one person.
-fn person(id: PersonId, rng: &mut ChaCha8Rng, as_of: Timestamp, certs: &[String]) -> Person {
+/// `index` mapped one-to-one into `0..modulus` (`modulus` prime and above every index used),
+/// so addresses and numbers built from it never repeat by chance.
+fn unique(index: u64, modulus: u64) -> u64 {
+    (index % modulus).wrapping_mul(7_777_777) % modulus
+}
+
+/// Draws one person (`index`: its place in the file).
+fn person(
+    id: PersonId,
+    index: u64,
+    rng: &mut ChaCha8Rng,
+    as_of: Timestamp,
+    certs: &[String],
+) -> Person {
     let mut p = Person {
         id,
         status: Status::Aktiv,
         reservasjon: Some(Reservasjon::Nei),
+        reservasjonstidspunkt: None,
+        reservasjon_oppdatert: None,
         varslingsstatus: None,
         kontaktinformasjon: None,
         digital_post: None,
@@ -251,25 +265,66 @@ fn person(id: PersonId, rng: &mut ChaCha8Rng, as_of: Timestamp, certs: &[String]
             .then(|| Timestamp(rng.random_range(changed.0..=as_of.0)))
     };
     let mut k = Kontaktinformasjon::default();
+    // Addresses and numbers are unique per person (a bijection of the person's index),
+    // except in households: of each pair of neighbouring indexes, about 1 % share one
+    // e-mail address (written in different case) and 0.5 % one mobile number (with and
+    // without +47), as family members do in the real register.
+    let household = index / 2;
+    let shares = |salt: u64, per_mille: u64| {
+        (household.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+            >> 54
+            < per_mille * 1024 / 1000
+    };
     if email {
-        let n: u32 = rng.random_range(1..1000);
         let domain = DOMAINS[rng.random_range(0..DOMAINS.len())];
-        k.epostadresse = Some(format!("{first}.{last}{n}@{domain}"));
+        k.epostadresse = Some(if shares(1, 10) {
+            let name = format!("familien.{}{}@example.no", LAST[(household % 16) as usize], household);
+            if index % 2 == 0 { name } else { name.to_uppercase() }
+        } else {
+            format!("{first}.{last}{}@{domain}", unique(index, 99_999_989))
+        });
         let changed = Timestamp(as_of.0 - age(rng));
         k.epostadresse_oppdatert = Some(changed);
         k.epostadresse_sist_verifisert = stamp(rng, changed);
     }
     if mobile {
-        let lead = if rng.random_bool(0.5) { 4 } else { 9 };
-        let rest: u32 = rng.random_range(0..10_000_000);
-        let prefix = if rng.random_bool(0.9) { "+47" } else { "" };
+        // Households' shared numbers start with 4, everyone else's with 9 (unique up to
+        // 9 999 991 persons).
+        let (lead, rest, prefix) = if shares(2, 5) {
+            let prefix = if index % 2 == 0 { "+47" } else { "" };
+            (4, unique(household, 9_999_991), prefix)
+        } else {
+            let prefix = if rng.random_bool(0.9) { "+47" } else { "" };
+            (9, unique(index, 9_999_991), prefix)
+        };
         k.mobiltelefonnummer = Some(format!("{prefix}{lead}{rest:07}"));
         let changed = Timestamp(as_of.0 - age(rng));
         k.mobiltelefonnummer_oppdatert = Some(changed);
         k.mobiltelefonnummer_sist_verifisert = stamp(rng, changed);
     }
+    // A third of addresses and numbers were proven with a one-time code since the change.
+    if let Some(changed) = k.epostadresse_oppdatert
+        && rng.random_bool(0.3)
+    {
+        k.epostadresse_sist_validert = Some(Timestamp(rng.random_range(changed.0..=as_of.0)));
+    }
+    if let Some(changed) = k.mobiltelefonnummer_oppdatert
+        && rng.random_bool(0.3)
+    {
+        k.mobiltelefonnummer_sist_validert =
+            Some(Timestamp(rng.random_range(changed.0..=as_of.0)));
+    }
     if !k.is_empty() {
         p.kontaktinformasjon = Some(k);
+    }
+    // Every reserved person has reserved at some time; a few who are not reserved have
+    // lifted a reservation.
+    if p.reservasjon == Some(Reservasjon::Ja) {
+        let at = Timestamp(as_of.0 - rng.random_range(0..10 * 365 * DAY));
+        p.reservasjonstidspunkt = Some(at);
+        p.reservasjon_oppdatert = Some(at);
+    } else if rng.random_bool(0.02) {
+        p.reservasjon_oppdatert = Some(Timestamp(as_of.0 - rng.random_range(0..5 * 365 * DAY)));
     }
     if rng.random_bool(0.32) {
         let provider = usize::from(!rng.random_bool(0.65));
@@ -305,7 +360,8 @@ pub fn chunk_persons(ids: &[PersonId], seed: u64, chunk: u64, as_of: Timestamp) 
     let certs: Vec<String> = PROVIDERS.iter().map(Provider::cert_base64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     ids.iter()
-        .map(|&id| person(id, &mut rng, as_of, &certs))
+        .enumerate()
+        .map(|(j, &id)| person(id, chunk * CHUNK + j as u64, &mut rng, as_of, &certs))
         .collect()
 }
 

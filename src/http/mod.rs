@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod conn;
 pub mod error;
+pub mod feed;
 pub mod jose;
 pub mod person;
 pub mod personer;

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::request::Resp;
-use crate::http::{person, personer, print};
+use crate::http::{feed, person, personer, print};
 
 /// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (RFC 9110 §9.3.2: the
 /// same status and headers, no body; hyper leaves the body out).
@@ -100,6 +100,8 @@ pub enum Handler {
     PrintSertifikat,
     /// `GET /openapi.json`.
     OpenApi,
+    /// `POST /rest/v2/krr/hentEndringer`.
+    HentEndringer,
 }
 
 /// Every public route.
@@ -136,6 +138,11 @@ pub const ROUTES: &[Route<Handler>] = &[
         path: "/rest/v2/printSertifikat",
         methods: &[(Verb::GetOrHead, Handler::PrintSertifikat)],
         allow: "GET, HEAD",
+    },
+    Route {
+        path: "/rest/v2/krr/hentEndringer",
+        methods: &[(Verb::Post, Handler::HentEndringer)],
+        allow: "POST",
     },
     Route {
         path: "/openapi.json",
@@ -188,6 +195,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
             Handler::PatchPerson => person::patch_person(&state, req).await,
             Handler::PrintSertifikat => print::print_sertifikat(&state, &req),
             Handler::OpenApi => Ok(print::openapi()),
+            Handler::HentEndringer => feed::hent_endringer(&state, req).await,
         }
     }
     .instrument(span.clone())

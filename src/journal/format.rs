@@ -22,6 +22,12 @@
 //! group fields let recovery tell a torn last group (unacknowledged) from damage to a group
 //! whose sync returned (a later group follows it). Kind 1 is the same change without them
 //! (10 bytes, a frame of 34), as older builds wrote it; it is still read.
+//!
+//! Payload kind 3, *change ids reserved for a snapshot*: `u8 3`, `u64` the snapshot's id
+//! (its body checksum), `u64` how many of its persons changed, `u16` index, `u16` group
+//! length (always a group of its own): 21 bytes, a frame of 45. The record's sequence
+//! number is the first change id of the snapshot's changes, and it takes
+//! `max(count, 1)` sequence numbers: the next record's is that much higher.
 
 use crate::model::Spraak;
 use crate::model::fnr::PersonId;
@@ -61,6 +67,7 @@ pub const SUFFIX: &str = "journal";
 
 const KIND_SET_SPRAAK: u8 = 1;
 const KIND_SET_SPRAAK_GROUPED: u8 = 2;
+const KIND_RESERVE: u8 = 3;
 
 /// Where a record sits in the commit group it was written and synced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,13 +95,32 @@ pub enum Change {
         /// The new language.
         spraak: Spraak,
     },
+    /// Change ids reserved for a snapshot's own changes, when it is first served: the
+    /// entry's sequence number is the first, and the snapshot's `count` changed persons
+    /// get `seq..seq + count` in the order of its feed index.
+    Reserve {
+        /// The snapshot's id (its body checksum).
+        snapshot: u64,
+        /// Its changed persons.
+        count: u64,
+    },
 }
 
 impl Change {
-    /// The person the change is for.
-    pub fn person(&self) -> PersonId {
+    /// The person the change is for (none for a reservation).
+    pub fn person(&self) -> Option<PersonId> {
         match *self {
-            Change::SetSpraak { id, .. } => id,
+            Change::SetSpraak { id, .. } => Some(id),
+            Change::Reserve { .. } => None,
+        }
+    }
+
+    /// Sequence numbers (change ids) the change takes: 1, or a reservation's count (at
+    /// least 1).
+    pub fn width(&self) -> u64 {
+        match *self {
+            Change::SetSpraak { .. } => 1,
+            Change::Reserve { count, .. } => count.max(1),
         }
     }
 }
@@ -102,12 +128,20 @@ impl Change {
 /// A durable change: what, when, and its place in the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Sequence number (from 1, without gaps).
+    /// Sequence number (from 1, without gaps: each entry's is the one before's
+    /// [`Entry::last_seq`] + 1). It is also the change's id in the feed.
     pub seq: u64,
     /// When the change was made (this is `spraak_oppdatert`).
     pub at: Timestamp,
     /// The change.
     pub change: Change,
+}
+
+impl Entry {
+    /// The last sequence number the entry takes (a reservation takes several).
+    pub fn last_seq(&self) -> u64 {
+        self.seq + self.change.width() - 1
+    }
 }
 
 fn spraak_code(s: Spraak) -> u8 {
@@ -212,7 +246,17 @@ fn encode_frame(entry: &Entry, group: Option<GroupPos>, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.key().to_le_bytes());
             out.push(spraak_code(spraak));
         }
+        Change::Reserve { snapshot, count } => {
+            out.push(KIND_RESERVE);
+            out.extend_from_slice(&snapshot.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
     }
+    // A reservation always says its group (a group of its own).
+    let group = match entry.change {
+        Change::Reserve { .. } => Some(group.unwrap_or(GroupPos { index: 0, len: 1 })),
+        Change::SetSpraak { .. } => group,
+    };
     if let Some(g) = group {
         out.extend_from_slice(&g.index.to_le_bytes());
         out.extend_from_slice(&g.len.to_le_bytes());
@@ -269,6 +313,25 @@ pub fn decode_frame(b: &[u8]) -> Result<(Entry, usize, Option<GroupPos>), FrameE
     let seq = u64_at(8);
     let at = Timestamp(u64_at(16).cast_signed());
     let payload = &b[FRAME_HEADER_LEN..total];
+    if let [KIND_RESERVE, rest @ ..] = payload {
+        if rest.len() != 20 {
+            return Err(FrameError::Payload);
+        }
+        let u64_of = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+        let g = GroupPos {
+            index: u16::from_le_bytes([rest[16], rest[17]]),
+            len: u16::from_le_bytes([rest[18], rest[19]]),
+        };
+        let count = u64_of(8);
+        if g.index >= g.len || count > i64::MAX as u64 / 2 {
+            return Err(FrameError::Payload);
+        }
+        let change = Change::Reserve {
+            snapshot: u64_of(0),
+            count,
+        };
+        return Ok((Entry { seq, at, change }, total, Some(g)));
+    }
     let (rest, group) = match payload {
         [KIND_SET_SPRAAK, rest @ ..] if rest.len() == 9 => (rest, None),
         [KIND_SET_SPRAAK_GROUPED, rest @ ..] if rest.len() == 13 => {
@@ -339,6 +402,29 @@ mod tests {
         let mut bad = Vec::new();
         encode_grouped(&entry(9), GroupPos { index: 5, len: 5 }, &mut bad);
         assert_eq!(decode(&bad), Err(FrameError::Payload));
+    }
+
+    #[test]
+    fn reservations_round_trip_and_take_their_width() {
+        let e = Entry {
+            seq: 100,
+            at: Timestamp(1_790_000_000),
+            change: Change::Reserve {
+                snapshot: 0xfeed,
+                count: 5000,
+            },
+        };
+        let mut out = Vec::new();
+        encode_grouped(&e, GroupPos { index: 0, len: 1 }, &mut out);
+        assert_eq!(out.len(), 45);
+        let (back, len, g) = decode_frame(&out).unwrap();
+        assert_eq!((back, len, g), (e, 45, Some(GroupPos { index: 0, len: 1 })));
+        assert_eq!(back.last_seq(), 5099);
+        let empty = Change::Reserve {
+            snapshot: 1,
+            count: 0,
+        };
+        assert_eq!(empty.width(), 1, "a reservation takes at least its own number");
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// reload thread, to fold into the overlay what a new snapshot does not hold.
     fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError>;
 
+    /// The first change id of snapshot `snapshot`'s own `count` changes: the reservation
+    /// made for it before (by this process, an earlier run, or another replica), or a new
+    /// one appended now through the same writer that numbers PATCHes. Blocking: called on
+    /// the reload thread before the snapshot is swapped in.
+    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError>;
+
     /// Counters for metrics and the shutdown log.
     fn stats(&self) -> &JournalStats;
 
@@ -71,6 +77,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 pub struct JournalStats {
     /// Last durable sequence number.
     pub last_seq: AtomicU64,
+    /// Every change up to this sequence number is applied here (the overlay and the
+    /// reservations of change ids): the change feed answers no further. With PostgreSQL,
+    /// what the follower has read in order (this replica's own commits may be ahead).
+    pub visible_seq: AtomicU64,
     /// Syncs done (each acknowledges a group of changes).
     pub syncs: AtomicU64,
     /// Records written by this writer.

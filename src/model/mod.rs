@@ -118,12 +118,22 @@ pub struct Kontaktinformasjon {
     pub epostadresse_oppdatert: Option<Timestamp>,
     /// When the person last confirmed the e-mail address.
     pub epostadresse_sist_verifisert: Option<Timestamp>,
+    /// When the e-mail address was last proven with a one-time code.
+    pub epostadresse_sist_validert: Option<Timestamp>,
+    /// Whether another AKTIV person has the same address (case-insensitively). Derived by
+    /// the build over the whole register ([`contact_key_email`]); `None` in a source.
+    pub epostadresse_duplisert: Option<bool>,
     /// Mobile number, as registered (usually `+47` and eight digits).
     pub mobiltelefonnummer: Option<String>,
     /// When the mobile number was last changed.
     pub mobiltelefonnummer_oppdatert: Option<Timestamp>,
     /// When the person last confirmed the mobile number.
     pub mobiltelefonnummer_sist_verifisert: Option<Timestamp>,
+    /// When the mobile number was last proven with a one-time code.
+    pub mobiltelefonnummer_sist_validert: Option<Timestamp>,
+    /// Whether another AKTIV person has the same number (a leading `+47`/`0047` aside).
+    /// Derived by the build ([`contact_key_mobile`]); `None` in a source.
+    pub mobiltelefonnummer_duplisert: Option<bool>,
 }
 
 impl Kontaktinformasjon {
@@ -132,13 +142,16 @@ impl Kontaktinformasjon {
         *self == Kontaktinformasjon::default()
     }
 
-    /// The newest of the four contact timestamps, if any.
+    /// The newest of the six contact timestamps (`*_oppdatert`, `*_sist_verifisert`,
+    /// `*_sist_validert` of e-mail and mobile), if any.
     pub fn newest_timestamp(&self) -> Option<Timestamp> {
         [
             self.epostadresse_oppdatert,
             self.epostadresse_sist_verifisert,
+            self.epostadresse_sist_validert,
             self.mobiltelefonnummer_oppdatert,
             self.mobiltelefonnummer_sist_verifisert,
+            self.mobiltelefonnummer_sist_validert,
         ]
         .into_iter()
         .flatten()
@@ -164,7 +177,12 @@ pub struct Person {
     pub status: Status,
     /// Present for AKTIV persons, absent for SLETTET.
     pub reservasjon: Option<Reservasjon>,
-    /// As given by the source; when absent the builder derives it ([`Person::derive_varslingsstatus`]).
+    /// When the person reserved (only with `reservasjon` JA).
+    pub reservasjonstidspunkt: Option<Timestamp>,
+    /// When the reservation was last set or lifted.
+    pub reservasjon_oppdatert: Option<Timestamp>,
+    /// A fixed notification status; `None` (what the source parser always gives: the
+    /// derived value wins) means the builder derives it ([`Person::derive_varslingsstatus`]).
     pub varslingsstatus: Option<Varslingsstatus>,
     /// Contact details.
     pub kontaktinformasjon: Option<Kontaktinformasjon>,
@@ -176,6 +194,19 @@ pub struct Person {
     pub spraak: Option<Spraak>,
     /// When the language was last set.
     pub spraak_oppdatert: Option<Timestamp>,
+}
+
+/// The key two e-mail addresses are the same person's address by: lower case (the
+/// comparison of `*_duplisert` is case-insensitive).
+pub fn contact_key_email(e: &str) -> String {
+    e.to_lowercase()
+}
+
+/// The key two mobile numbers are the same number by: a leading `+47` or `0047` removed.
+pub fn contact_key_mobile(m: &str) -> &str {
+    m.strip_prefix("+47")
+        .or_else(|| m.strip_prefix("0047"))
+        .unwrap_or(m)
 }
 
 /// Contact details older than this (18 months) no longer allow notification.
@@ -221,6 +252,8 @@ mod tests {
             id: PersonId::parse(b"11822648950").unwrap(),
             status: Status::Aktiv,
             reservasjon: Some(Reservasjon::Nei),
+            reservasjonstidspunkt: None,
+            reservasjon_oppdatert: None,
             varslingsstatus: None,
             kontaktinformasjon: Some(Kontaktinformasjon {
                 epostadresse: Some("a@example.no".into()),
@@ -238,6 +271,15 @@ mod tests {
         let mut p = person();
         edit(&mut p);
         assert_eq!(p.derive_varslingsstatus(NOW), expected);
+    }
+
+    #[test]
+    fn contact_keys() {
+        assert_eq!(contact_key_email("Ola.Nordmann@Example.NO"), "ola.nordmann@example.no");
+        assert_eq!(contact_key_mobile("+4799999999"), "99999999");
+        assert_eq!(contact_key_mobile("004799999999"), "99999999");
+        assert_eq!(contact_key_mobile("99999999"), "99999999");
+        assert_eq!(contact_key_mobile("+4699999999"), "+4699999999");
     }
 
     #[test]
@@ -291,6 +333,15 @@ mod tests {
                 k.epostadresse_oppdatert = None;
             },
             KanIkkeVarsles,
+        );
+        // A fresh validation with a one-time code counts too.
+        check(
+            |p| {
+                let k = p.kontaktinformasjon.as_mut().unwrap();
+                k.epostadresse_oppdatert = Some(Timestamp(0));
+                k.epostadresse_sist_validert = Some(Timestamp(NOW.0 - 5));
+            },
+            KanVarsles,
         );
     }
 }

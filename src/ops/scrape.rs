@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::journal::{Backend, REFUSAL_REASONS};
-use crate::metrics::{JOURNAL_REFUSING, JOURNAL_SEQ, OVERLAY_ENTRIES, READY, SNAPSHOT_AGE, handle};
+use crate::metrics::{FEED_LAG, FEED_NEWEST_ID, JOURNAL_REFUSING, JOURNAL_SEQ, OVERLAY_ENTRIES, READY, SNAPSHOT_AGE, handle};
 use crate::model::time::Timestamp;
 use crate::store::Store;
 
@@ -21,7 +21,20 @@ pub fn render(store: &Store, journal: Option<&Arc<dyn Backend>>, ready: bool) ->
     metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
     if let Some(j) = journal {
         let s = j.stats();
-        metrics::gauge!(JOURNAL_SEQ).set(s.last_seq.load(Ordering::Relaxed) as f64);
+        let newest = s.last_seq.load(Ordering::Relaxed);
+        metrics::gauge!(JOURNAL_SEQ).set(newest as f64);
+        if let Some(snapshot) = store.current().as_ref()
+            && let Ok(upto) = crate::store::feed::horizon(
+                snapshot,
+                store.overlay(),
+                s.visible_seq.load(Ordering::Acquire),
+            )
+        {
+            let siste = crate::store::feed::page(snapshot, store.overlay(), upto, upto, 0)
+                .map_or(0, |p| p.siste);
+            metrics::gauge!(FEED_NEWEST_ID).set(siste as f64);
+            metrics::gauge!(FEED_LAG).set(newest.saturating_sub(upto) as f64);
+        }
         let refusing = usize::from(s.refusing.load(Ordering::Relaxed));
         for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
             let on = if refusing == i + 1 { 1.0 } else { 0.0 };

@@ -24,8 +24,9 @@ use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
 use crate::render::{self, Segment};
 use crate::snapshot::error::{BuildError, LineError, MAX_REPORTED_ERRORS};
 use crate::snapshot::fold::{Fold, JournalFold};
+use crate::snapshot::feed::{FeedReport, Previous, contact_hash, mark_duplicates, order_feed};
 use crate::snapshot::format::{
-    Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, HEADER_LEN, Header,
+    Counts, FeedCounts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, HEADER_LEN, Header,
     NO_CERT, RECORD_HEADER_LEN, VERSION,
 };
 use crate::snapshot::record::encode_record_header;
@@ -47,6 +48,9 @@ pub struct BuildOptions {
     /// Refuse a result with more than `max_percent` % fewer persons than the snapshot it
     /// follows (`--previous`): an empty or cut export builds a valid, nearly empty snapshot.
     pub shrink: Option<ShrinkGuard>,
+    /// The snapshot this one follows (the one served): persons whose answer differs from
+    /// it become the change feed's new changes. `None`: a first build, every person is one.
+    pub previous: Option<PathBuf>,
 }
 
 /// The persons of the snapshot a build follows, and how many percent fewer it may have.
@@ -89,6 +93,7 @@ impl BuildOptions {
             journal: None,
             progress: false,
             shrink: None,
+            previous: None,
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct BuildReport {
     pub output_bytes: u64,
     /// What folding the journal did, when one was given.
     pub journal: Option<JournalFold>,
+    /// What the change feed got: the persons new, changed and gone since `--previous`.
+    pub feed: FeedReport,
     /// Wall time of each phase.
     pub timings: BuildTimings,
 }
@@ -115,6 +122,8 @@ pub struct BuildReport {
 pub struct BuildTimings {
     /// Parsing, validating and rendering (parallel).
     pub parse: std::time::Duration,
+    /// Comparing with the previous snapshot, `*_duplisert`, the feed's index.
+    pub compare: std::time::Duration,
     /// Interning certificates, concatenating records, filling the hash table.
     pub assemble: std::time::Duration,
     /// Serialising and writing the file, up to and including fsync, rename and dir fsync.
@@ -163,6 +172,13 @@ pub fn build_bytes(
         }
     };
 
+    let previous = match &opts.previous {
+        None => None,
+        Some(path) => Some(crate::snapshot::Snapshot::open(path).map_err(|e| {
+            BuildError::Previous(format!("{}: {e}", path.display()))
+        })?),
+    };
+
     let started = std::time::Instant::now();
     let bar = progress_bar(opts.progress, data.len() as u64);
     let build_time = opts.build_time;
@@ -206,7 +222,23 @@ pub fn build_bytes(
         j.not_applicable = j.persons - j.applied - j.superseded;
     }
     let parsed = std::time::Instant::now();
-    let (body, counts, max_probe) = assemble(pieces)?;
+    let (shared_emails, shared_mobiles) = mark_duplicates(&mut pieces);
+    let prev = previous.as_ref().map(|snapshot| Previous {
+        snapshot,
+        base: fold.reservations.get(&snapshot.raw_id()).copied(),
+    });
+    let (feed_keys, feed_ids, mut feed) = order_feed(&mut pieces, prev.as_ref(), &fold)?;
+    feed.shared_emails = shared_emails;
+    feed.shared_mobiles = shared_mobiles;
+    drop(prev);
+    drop(previous);
+    let compared = std::time::Instant::now();
+    let feed_counts = FeedCounts {
+        entries: feed_keys.len() as u64,
+        pending: feed.own,
+        previous: feed.previous.unwrap_or(0),
+    };
+    let (body, counts, max_probe) = assemble(pieces, feed_keys, feed_ids)?;
     let assembled = std::time::Instant::now();
     let header = Header {
         version: VERSION,
@@ -216,6 +248,7 @@ pub fn build_bytes(
         journal_seq: journal.as_ref().map_or(0, |j| j.folded_seq),
         counts,
         max_probe,
+        feed: feed_counts,
     };
     if let Some(g) = opts.shrink
         && shrinks_too_much(g.previous_records, header.counts.records, g.max_percent)
@@ -229,7 +262,8 @@ pub fn build_bytes(
     let header = write_atomically(&body, header, out)?;
     let timings = BuildTimings {
         parse: parsed - started,
-        assemble: assembled - parsed,
+        compare: compared - parsed,
+        assemble: assembled - compared,
         write: assembled.elapsed(),
     };
     Ok(BuildReport {
@@ -239,6 +273,7 @@ pub fn build_bytes(
         input_bytes: data.len() as u64,
         output_bytes: HEADER_LEN as u64 + header.body_len,
         journal,
+        feed,
     })
 }
 
@@ -330,10 +365,30 @@ fn process_piece(bytes: &[u8], now: Timestamp, fold: &Fold) -> Piece {
         let (folded, superseded) = fold.apply(&mut person);
         piece.folded += folded;
         piece.superseded += superseded;
+        // `*_duplisert` is rendered "NEI" here; the shared ones become "JA" once the whole
+        // register is read (`feed::mark_duplicates`).
+        let mut keys = (0, 0);
+        if person.status == Status::Aktiv
+            && let Some(k) = &mut person.kontaktinformasjon
+        {
+            if let Some(e) = &k.epostadresse {
+                k.epostadresse_duplisert = Some(false);
+                keys.0 = contact_hash(&crate::model::contact_key_email(e));
+            }
+            if let Some(m) = &k.mobiltelefonnummer {
+                k.mobiltelefonnummer_duplisert = Some(false);
+                keys.1 = contact_hash(crate::model::contact_key_mobile(m));
+            }
+        }
         let offset = piece.records.len() as u64;
         match write_record(&person, now, cert, &mut piece.records) {
             Ok(flags) => {
                 count(&mut piece.counts, flags);
+                if keys != (0, 0) {
+                    piece
+                        .contacts
+                        .push((piece.entries.len() as u32, keys.0, keys.1));
+                }
                 piece.entries.push(Entry {
                     key: person.id.key(),
                     offset,

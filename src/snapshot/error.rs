@@ -111,6 +111,10 @@ pub enum BuildError {
     /// The journal to fold in is damaged.
     #[error("{0}")]
     Journal(String),
+    /// The snapshot named by `--previous` cannot be read (it must be the one served, a
+    /// snapshot of this format version).
+    #[error("--previous {0}")]
+    Previous(String),
     /// The build time is ahead of this machine's clock: such a snapshot would look newer
     /// than every correct one after it.
     #[error(

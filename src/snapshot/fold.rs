@@ -30,10 +30,12 @@ pub struct JournalFold {
     pub torn_tail: Option<Cut>,
 }
 
-/// The latest journal change of each person.
+/// The latest journal change of each person, and the journal's reservations of change ids.
 #[derive(Default)]
 pub(super) struct Fold {
-    latest: HashMap<u64, (Timestamp, Spraak), Xxh3Builder>,
+    latest: HashMap<u64, (u64, Timestamp, Spraak), Xxh3Builder>,
+    /// Snapshot id → the first change id reserved for its changes.
+    pub(super) reservations: HashMap<u64, u64>,
 }
 
 impl Fold {
@@ -67,24 +69,50 @@ impl Fold {
         torn_tail: Option<Cut>,
     ) -> (Fold, JournalFold) {
         let mut latest = HashMap::with_hasher(Xxh3Builder::new());
+        let mut reservations = HashMap::new();
         for e in entries {
-            let Change::SetSpraak { id, spraak } = e.change;
-            latest.insert(id.key(), (e.at, spraak));
+            match e.change {
+                Change::SetSpraak { id, spraak } => {
+                    latest.insert(id.key(), (e.seq, e.at, spraak));
+                }
+                Change::Reserve { snapshot, .. } => {
+                    reservations.entry(snapshot).or_insert(e.seq);
+                }
+            }
         }
         let report = JournalFold {
             records: entries.len() as u64,
             persons: latest.len() as u64,
-            folded_seq: folded_seq.max(entries.last().map_or(0, |e| e.seq)),
+            folded_seq: folded_seq.max(entries.last().map_or(0, Entry::last_seq)),
             torn_tail,
             ..JournalFold::default()
         };
-        (Fold { latest }, report)
+        (
+            Fold {
+                latest,
+                reservations,
+            },
+            report,
+        )
+    }
+
+    /// `key`'s latest journal change, as an entry.
+    pub(super) fn latest(&self, key: u64) -> Option<Entry> {
+        let &(seq, at, spraak) = self.latest.get(&key)?;
+        Some(Entry {
+            seq,
+            at,
+            change: Change::SetSpraak {
+                id: crate::model::fnr::PersonId::from_key(key)?,
+                spraak,
+            },
+        })
     }
 
     /// Applies `p`'s journal change, if it has one: 1 in the first place when folded, 1 in
     /// the second when the export's own change is newer.
     pub(super) fn apply(&self, p: &mut Person) -> (u64, u64) {
-        let Some(&(at, spraak)) = self.latest.get(&p.id.key()) else {
+        let Some(&(_, at, spraak)) = self.latest.get(&p.id.key()) else {
             return (0, 0);
         };
         if p.status != Status::Aktiv {

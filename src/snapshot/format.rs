@@ -1,4 +1,4 @@
-//! The snapshot file format, version 1. `docs/format.md` describes the same bytes in prose.
+//! The snapshot file format, version 2. `docs/format.md` describes the same bytes in prose.
 //!
 //! ```text
 //! offset 0    header, HEADER_LEN (256) bytes, little-endian, fields at the offsets in `off`
@@ -14,6 +14,13 @@
 //!   `RECORD_HEADER_LEN`-byte header of segment lengths, the certificate number and flags.
 //! - `certs`: the pre-rendered `,"sertifikat":"…"` segment of each distinct certificate,
 //!   stored once and shared by every person whose mailbox provider uses it.
+//! - `feed_keys`, `feed_ids`: the change feed's index, every person (and every person gone
+//!   from the register since a snapshot before) once, in ascending order of their latest
+//!   change id. The first `feed_ids.len()` entries have their ids (changes of earlier
+//!   snapshots and folded PATCHes); the rest are this snapshot's own changes, which are
+//!   numbered when the snapshot is first served (`base + i`, from the journal's
+//!   reservation), so their ids are above every id of the journal when it is served.
+//!   Each record's header holds its position in the feed.
 //!
 //! The body checksum is xxh3-64 over the little-endian xxh3-64 of each `CHECKSUM_CHUNK`-sized
 //! piece of the body, so it can be verified on several cores. The header has its own
@@ -29,7 +36,7 @@ use crate::snapshot::SnapshotError;
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"KRRSNAP\0";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header size; the body starts here (a multiple of the body's alignment).
 pub const HEADER_LEN: usize = 256;
 /// Size of the pieces the body checksum is computed over.
@@ -37,7 +44,7 @@ pub const CHECKSUM_CHUNK: usize = 64 << 20;
 /// A slot key that no personal number has.
 pub const EMPTY: u64 = u64::MAX;
 /// Bytes before each record's segments.
-pub const RECORD_HEADER_LEN: usize = 14;
+pub const RECORD_HEADER_LEN: usize = 18;
 /// Certificate number meaning "no certificate".
 pub const NO_CERT: u16 = u16::MAX;
 /// Largest share of slots in use.
@@ -75,6 +82,13 @@ pub mod off {
     pub const CERTS: usize = 96;
     /// `u32` longest probe sequence in the slot table.
     pub const MAX_PROBE: usize = 100;
+    /// `u64` entries of the change feed's index (persons, and persons gone).
+    pub const FEED_ENTRIES: usize = 104;
+    /// `u64` of them, this snapshot's own changes (numbered when it is first served).
+    pub const FEED_PENDING: usize = 112;
+    /// `u64` the id (body checksum) of the snapshot this one was compared with (0: none,
+    /// a first build).
+    pub const PREVIOUS: usize = 120;
     /// `u64` xxh3-64 of header bytes `0..HEADER_CHECKSUM`.
     pub const HEADER_CHECKSUM: usize = 248;
 }
@@ -95,6 +109,8 @@ pub mod rec {
     pub const CERT: usize = 10;
     /// Flags (`FLAG_*`).
     pub const FLAGS: usize = 12;
+    /// `u32`: the person's position in the change feed's index.
+    pub const FEED: usize = 14;
 }
 
 /// Record flag: the person is SLETTET.
@@ -115,6 +131,10 @@ pub struct Body {
     pub records: RecordPieces,
     /// Pre-rendered certificate segments.
     pub certs: Vec<Vec<u8>>,
+    /// The change feed's index: personal numbers (as integers), ascending change id.
+    pub feed_keys: Vec<u64>,
+    /// The change ids of the first `feed_ids.len()` entries of `feed_keys`, ascending.
+    pub feed_ids: Vec<u64>,
 }
 
 /// The records as the builder rendered them, piece by piece; archived as one contiguous
@@ -224,6 +244,17 @@ pub struct Counts {
     pub certs: u32,
 }
 
+/// What a snapshot holds of the change feed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedCounts {
+    /// Entries of the feed's index (every person once, and persons gone).
+    pub entries: u64,
+    /// This snapshot's own changes: numbered from the journal's reservation when served.
+    pub pending: u64,
+    /// The id (body checksum) of the snapshot compared with; 0 for a first build.
+    pub previous: u64,
+}
+
 /// How far ahead of this machine's clock a snapshot's build time may be (clock skew
 /// between the machine that builds and the one that serves). Further ahead, a build is
 /// refused and a file is never served.
@@ -246,6 +277,8 @@ pub struct Header {
     pub counts: Counts,
     /// Longest probe sequence in the slot table.
     pub max_probe: u32,
+    /// The change feed's counts.
+    pub feed: FeedCounts,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -282,6 +315,9 @@ impl Header {
         put64(off::RESERVERT, self.counts.reservert);
         put64(off::KAN_VARSLES, self.counts.kan_varsles);
         put64(off::DIGITAL_POST, self.counts.digital_post);
+        put64(off::FEED_ENTRIES, self.feed.entries);
+        put64(off::FEED_PENDING, self.feed.pending);
+        put64(off::PREVIOUS, self.feed.previous);
         let sum = xxhash_rust::xxh3::xxh3_64(&b[..off::HEADER_CHECKSUM]);
         b[off::HEADER_CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
         b
@@ -353,6 +389,11 @@ impl Header {
                 certs: u32_at(b, off::CERTS),
             },
             max_probe: u32_at(b, off::MAX_PROBE),
+            feed: FeedCounts {
+                entries: u64_at(b, off::FEED_ENTRIES),
+                pending: u64_at(b, off::FEED_PENDING),
+                previous: u64_at(b, off::PREVIOUS),
+            },
         };
         h.check_ranges()?;
         Ok(h)
@@ -385,6 +426,12 @@ impl Header {
             if n > c.records {
                 return bad(format!("{name} ({n}) exceeds the records ({})", c.records));
             }
+        }
+        if self.feed.entries < c.records || self.feed.pending > self.feed.entries {
+            return bad(format!(
+                "the change feed's {} entries ({} pending) do not cover the {} records",
+                self.feed.entries, self.feed.pending, c.records
+            ));
         }
         if self.journal_seq > i64::MAX as u64 {
             return bad(format!(
@@ -508,6 +555,11 @@ mod tests {
                 certs: 2,
             },
             max_probe: 3,
+            feed: FeedCounts {
+                entries: 12,
+                pending: 4,
+                previous: 7,
+            },
         };
         let b = h.encode();
         assert_eq!(Header::decode(&b).unwrap(), h);

@@ -38,6 +38,10 @@ pub struct Snapshot {
     header: Header,
     path: PathBuf,
     mask: usize,
+    /// The first change id of this snapshot's own changes, once the journal has reserved
+    /// them (set before the snapshot is served; the feed answers nothing of a snapshot
+    /// without it).
+    feed_base: std::sync::OnceLock<u64>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -122,12 +126,30 @@ impl Snapshot {
                 header.counts.records
             )));
         }
+        let feed_keys = archived.feed_keys.len() as u64;
+        let feed_ids = archived.feed_ids.as_slice();
+        if feed_keys != header.feed.entries
+            || feed_ids.len() as u64 != header.feed.entries - header.feed.pending
+        {
+            return Err(SnapshotError::Layout(
+                "the change feed's index differs from the header".into(),
+            ));
+        }
+        if feed_ids
+            .windows(2)
+            .any(|w| w[0].to_native() >= w[1].to_native())
+        {
+            return Err(SnapshotError::Layout(
+                "the change feed's ids are not ascending".into(),
+            ));
+        }
         let mask = slots.len() - 1;
         Ok(Snapshot {
             map,
             header,
             path: path.to_owned(),
             mask,
+            feed_base: std::sync::OnceLock::new(),
         })
     }
 
@@ -246,6 +268,62 @@ impl Snapshot {
             _ => None,
         };
         render::write_stored(rec.stored(), cert, groups, spraak, out);
+    }
+
+    /// The snapshot's id as a number (its body checksum), as reservations name it.
+    pub fn raw_id(&self) -> u64 {
+        self.header.body_checksum
+    }
+
+    /// Entries of the change feed's index.
+    #[inline]
+    pub fn feed_len(&self) -> usize {
+        self.body().feed_keys.len()
+    }
+
+    /// The personal number (as an integer) at `pos` of the feed's index.
+    #[inline]
+    pub fn feed_key(&self, pos: usize) -> u64 {
+        self.body().feed_keys[pos].to_native()
+    }
+
+    /// The change id at `pos` of the feed's index, given the base of this snapshot's own
+    /// changes.
+    #[inline]
+    pub fn feed_id(&self, pos: usize, base: u64) -> u64 {
+        let ids = self.body().feed_ids.as_slice();
+        match ids.get(pos) {
+            Some(id) => id.to_native(),
+            None => base + (pos - ids.len()) as u64,
+        }
+    }
+
+    /// The first position of the feed's index whose change id is above `after`.
+    pub fn feed_start(&self, after: u64, base: u64) -> usize {
+        let ids = self.body().feed_ids.as_slice();
+        let known = ids.partition_point(|id| id.to_native() <= after);
+        if known < ids.len() {
+            return known;
+        }
+        let own = after.saturating_sub(base.saturating_sub(1));
+        (ids.len() as u64 + own).min(self.feed_len() as u64) as usize
+    }
+
+    /// The change id of the person whose record is `rec`, if its feed position is valid.
+    #[inline]
+    pub fn feed_id_of(&self, rec: &Record<'_>, base: u64) -> Option<u64> {
+        let pos = rec.feed_position();
+        (pos < self.feed_len()).then(|| self.feed_id(pos, base))
+    }
+
+    /// The base of this snapshot's own change ids, once reserved.
+    pub fn feed_base(&self) -> Option<u64> {
+        self.feed_base.get().copied()
+    }
+
+    /// Records the base of this snapshot's own change ids (the first value set stays).
+    pub fn set_feed_base(&self, base: u64) {
+        let _ = self.feed_base.set(base);
     }
 
     /// Every personal number in the snapshot, in slot order (for tools, tests and benches).

@@ -5,6 +5,8 @@
 //! - [`build`](mod@build): export (JSONL) → validated persons → pre-rendered records → file,
 //!   written atomically.
 //! - [`load`]: open, verify, map and look up persons (the only `unsafe` of the crate).
+//! - [`feed`]: the build's register-wide passes: `*_duplisert`, and the change feed's
+//!   index compared with the previous snapshot.
 //! - [`fold`]: the journal folded into a build; `write` (private): the body lined up and
 //!   written atomically.
 //! - [`error`]: why a file is refused, why a build fails.
@@ -16,6 +18,7 @@
 pub mod build;
 pub mod dir;
 pub mod error;
+pub mod feed;
 pub mod fold;
 pub mod format;
 pub mod load;
@@ -29,6 +32,7 @@ pub use build::{
     build_bytes, build_file, shrinks_too_much,
 };
 pub use error::{BuildError, LineError, MAX_REPORTED_ERRORS, SnapshotError};
+pub use feed::FeedReport;
 pub use fold::JournalFold;
 pub use format::{Counts, Header};
 pub use load::{Snapshot, prefetch_read};

@@ -10,6 +10,7 @@ use crate::snapshot::format::{FLAG_SLETTET, NO_CERT, RECORD_HEADER_LEN, rec};
 /// Writes a record header: the five segment lengths, the certificate number
 /// ([`NO_CERT`] for none) and the flags, little-endian, at the offsets of [`rec`].
 pub fn encode_record_header(h: &mut [u8], lens: &[u16; 5], cert: u16, flags: u16) {
+    h[rec::FEED..rec::FEED + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     for (n, at) in [
         rec::HEAD,
         rec::VARSLING,
@@ -32,7 +33,14 @@ pub struct Record<'a> {
     lens: [u16; 5],
     cert: u16,
     flags: u16,
+    feed: u32,
     segments: &'a [u8],
+}
+
+/// Sets the feed position of the record at `offset` of `records`.
+pub fn set_feed_position(records: &mut [u8], offset: usize, pos: u32) {
+    let at = offset + rec::FEED;
+    records[at..at + 4].copy_from_slice(&pos.to_le_bytes());
 }
 
 impl<'a> Record<'a> {
@@ -55,6 +63,7 @@ impl<'a> Record<'a> {
             lens,
             cert: u(rec::CERT),
             flags: u(rec::FLAGS),
+            feed: u32::from_le_bytes(h[rec::FEED..rec::FEED + 4].try_into().expect("4 bytes")),
             segments,
         })
     }
@@ -108,6 +117,11 @@ impl<'a> Record<'a> {
     #[inline]
     pub fn flags(&self) -> u16 {
         self.flags
+    }
+    /// The person's position in the change feed's index.
+    #[inline]
+    pub fn feed_position(&self) -> usize {
+        self.feed as usize
     }
     /// True for a SLETTET person.
     #[inline]

@@ -9,7 +9,11 @@
 //! - `null` counts as absent;
 //! - `IKKE_REGISTRERT` is not a stored status and is refused;
 //! - a SLETTET record must carry nothing but id, status and (optionally) `KAN_IKKE_VARSLES`;
-//! - a `*_oppdatert`/`*_sist_verifisert` time needs the address or number it dates.
+//! - a `*_oppdatert`/`*_sist_verifisert`/`*_sist_validert` time needs the address or
+//!   number it dates; `reservasjonstidspunkt` needs `reservasjon` JA, and both reservation
+//!   times an AKTIV person;
+//! - `varslingsstatus` and `*_duplisert` are derived by the build: a source may carry them
+//!   (spelt right), and the derived values win.
 //!
 //! A little over 500 lines with its tests: the rules and the table of cases that prove each
 //! one's reason read best side by side.
@@ -23,7 +27,7 @@ use crate::model::json::{MAX_DEPTH, check_depth};
 use crate::model::redact::redact_digits;
 use crate::model::time::Timestamp;
 use crate::model::{
-    DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status, Varslingsstatus,
+    DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status,
 };
 
 /// Why one record was refused. `Display` gives the reason; it never holds a personal number.
@@ -49,6 +53,10 @@ struct Src<'a> {
     personidentifikator: Cow<'a, str>,
     #[serde(borrow, default)]
     reservasjon: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reservasjonstidspunkt: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reservasjon_oppdatert: Option<Cow<'a, str>>,
     #[serde(borrow)]
     status: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -75,11 +83,19 @@ struct SrcKontakt<'a> {
     #[serde(borrow, default)]
     epostadresse_sist_verifisert: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
+    epostadresse_sist_validert: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    epostadresse_duplisert: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     mobiltelefonnummer: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     mobiltelefonnummer_oppdatert: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     mobiltelefonnummer_sist_verifisert: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    mobiltelefonnummer_sist_validert: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    mobiltelefonnummer_duplisert: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -169,16 +185,22 @@ fn validate(src: Src<'_>) -> Result<Person, RecordError> {
         Some("NEI") => Some(Reservasjon::Nei),
         Some(_) => return Err(RecordError::new("reservasjon must be JA or NEI")),
     };
-    let varslingsstatus = match src.varslingsstatus.as_deref() {
-        None => None,
-        Some("KAN_VARSLES") => Some(Varslingsstatus::KanVarsles),
-        Some("KAN_IKKE_VARSLES") => Some(Varslingsstatus::KanIkkeVarsles),
-        Some(_) => {
-            return Err(RecordError::new(
-                "varslingsstatus must be KAN_VARSLES or KAN_IKKE_VARSLES",
-            ));
-        }
-    };
+    // Derived by the build (the derived value wins); only its spelling is checked.
+    if !matches!(
+        src.varslingsstatus.as_deref(),
+        None | Some("KAN_VARSLES" | "KAN_IKKE_VARSLES")
+    ) {
+        return Err(RecordError::new(
+            "varslingsstatus must be KAN_VARSLES or KAN_IKKE_VARSLES",
+        ));
+    }
+    let reservasjonstidspunkt = timestamp("reservasjonstidspunkt", src.reservasjonstidspunkt)?;
+    let reservasjon_oppdatert = timestamp("reservasjon_oppdatert", src.reservasjon_oppdatert)?;
+    if reservasjonstidspunkt.is_some() && reservasjon != Some(Reservasjon::Ja) {
+        return Err(RecordError::new(
+            "reservasjonstidspunkt is only for reservasjon JA",
+        ));
+    }
     let spraak = match src.spraak.as_deref() {
         None => None,
         Some(s) => Some(
@@ -243,6 +265,7 @@ fn validate(src: Src<'_>) -> Result<Person, RecordError> {
         Status::Slettet => {
             let carried = [
                 ("reservasjon", reservasjon.is_some()),
+                ("reservasjon_oppdatert", reservasjon_oppdatert.is_some()),
                 ("kontaktinformasjon", kontaktinformasjon.is_some()),
                 ("digital_post", digital_post.is_some()),
                 ("sertifikat", sertifikat.is_some()),
@@ -253,11 +276,6 @@ fn validate(src: Src<'_>) -> Result<Person, RecordError> {
                     "a SLETTET person must not carry {field}"
                 )));
             }
-            if varslingsstatus == Some(Varslingsstatus::KanVarsles) {
-                return Err(RecordError::new(
-                    "a SLETTET person cannot have varslingsstatus KAN_VARSLES",
-                ));
-            }
         }
     }
 
@@ -265,7 +283,9 @@ fn validate(src: Src<'_>) -> Result<Person, RecordError> {
         id,
         status,
         reservasjon,
-        varslingsstatus,
+        reservasjonstidspunkt,
+        reservasjon_oppdatert,
+        varslingsstatus: None,
         kontaktinformasjon,
         digital_post,
         sertifikat,
@@ -275,6 +295,17 @@ fn validate(src: Src<'_>) -> Result<Person, RecordError> {
 }
 
 fn validate_kontakt(k: SrcKontakt<'_>) -> Result<Kontaktinformasjon, RecordError> {
+    // Derived by the build (the derived value wins); only the spelling is checked.
+    for (field, v) in [
+        ("epostadresse_duplisert", &k.epostadresse_duplisert),
+        ("mobiltelefonnummer_duplisert", &k.mobiltelefonnummer_duplisert),
+    ] {
+        if !matches!(v.as_deref(), None | Some("JA" | "NEI")) {
+            return Err(RecordError::new(format!(
+                "kontaktinformasjon.{field} must be JA or NEI"
+            )));
+        }
+    }
     let epost = match k.epostadresse {
         None => None,
         Some(e) => {
@@ -324,11 +355,24 @@ fn validate_kontakt(k: SrcKontakt<'_>) -> Result<Kontaktinformasjon, RecordError
             "kontaktinformasjon.mobiltelefonnummer_sist_verifisert",
             k.mobiltelefonnummer_sist_verifisert,
         )?,
+        epostadresse_sist_validert: timestamp(
+            "kontaktinformasjon.epostadresse_sist_validert",
+            k.epostadresse_sist_validert,
+        )?,
+        mobiltelefonnummer_sist_validert: timestamp(
+            "kontaktinformasjon.mobiltelefonnummer_sist_validert",
+            k.mobiltelefonnummer_sist_validert,
+        )?,
+        // Derived by the build over the whole register.
+        epostadresse_duplisert: None,
+        mobiltelefonnummer_duplisert: None,
         epostadresse: epost,
         mobiltelefonnummer: mobil,
     };
     if out.epostadresse.is_none()
-        && (out.epostadresse_oppdatert.is_some() || out.epostadresse_sist_verifisert.is_some())
+        && (out.epostadresse_oppdatert.is_some()
+            || out.epostadresse_sist_verifisert.is_some()
+            || out.epostadresse_sist_validert.is_some())
     {
         return Err(RecordError::new(
             "kontaktinformasjon has e-mail timestamps but no epostadresse",
@@ -336,7 +380,8 @@ fn validate_kontakt(k: SrcKontakt<'_>) -> Result<Kontaktinformasjon, RecordError
     }
     if out.mobiltelefonnummer.is_none()
         && (out.mobiltelefonnummer_oppdatert.is_some()
-            || out.mobiltelefonnummer_sist_verifisert.is_some())
+            || out.mobiltelefonnummer_sist_verifisert.is_some()
+            || out.mobiltelefonnummer_sist_validert.is_some())
     {
         return Err(RecordError::new(
             "kontaktinformasjon has mobile timestamps but no mobiltelefonnummer",
@@ -439,6 +484,22 @@ mod tests {
             Err("varslingsstatus must be"),
         );
         check(
+            &edit("\"status\"", "\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"status\""),
+            Err("reservasjonstidspunkt is only for reservasjon JA"),
+        );
+        check(
+            &edit("\"NEI\",", "\"JA\",\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"reservasjon_oppdatert\":\"2025-01-01\","),
+            Err("reservasjon_oppdatert is not a timestamp"),
+        );
+        check(
+            &edit("\"mobiltelefonnummer\":", "\"epostadresse_duplisert\":\"ja\",\"mobiltelefonnummer\":"),
+            Err("kontaktinformasjon.epostadresse_duplisert must be JA or NEI"),
+        );
+        check(
+            &edit("\"mobiltelefonnummer\":", "\"epostadresse_duplisert\":\"JA\",\"epostadresse_sist_validert\":\"2026-01-01T10:00:00Z\",\"mobiltelefonnummer\":"),
+            Ok(()),
+        );
+        check(
             &edit("\"spraak\":\"nb\"", "\"spraak\":\"NB\""),
             Err("spraak must be nb, nn, en or se"),
         );
@@ -499,8 +560,9 @@ mod tests {
             Ok(()),
         );
         check(
+            // The build derives varslingsstatus; a stale one in the source is overruled.
             r#"{"personidentifikator":"11822648950","status":"SLETTET","varslingsstatus":"KAN_VARSLES"}"#,
-            Err("cannot have varslingsstatus KAN_VARSLES"),
+            Ok(()),
         );
         check(
             r#"{"personidentifikator":"11822648950","status":"SLETTET","reservasjon":"NEI"}"#,

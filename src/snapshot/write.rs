@@ -34,10 +34,17 @@ pub(super) struct Piece {
     pub(super) newlines: u64,
     pub(super) folded: u64,
     pub(super) superseded: u64,
+    /// AKTIV persons' contact keys for `*_duplisert`: (entry index, hash of the e-mail
+    /// address's key, hash of the mobile number's key; 0 for none).
+    pub(super) contacts: Vec<(u32, u128, u128)>,
 }
 
 /// Interns certificates across pieces, lines up the record pieces and fills the hash table.
-pub(super) fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildError> {
+pub(super) fn assemble(
+    pieces: Vec<Piece>,
+    feed_keys: Vec<u64>,
+    feed_ids: Vec<u64>,
+) -> Result<(Body, Counts, u32), BuildError> {
     let mut certs: Vec<String> = Vec::new();
     let mut cert_ids: HashMap<String, u16, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
     let mut counts = Counts::default();
@@ -137,6 +144,8 @@ pub(super) fn assemble(pieces: Vec<Piece>) -> Result<(Body, Counts, u32), BuildE
             slots,
             records,
             certs,
+            feed_keys,
+            feed_ids,
         },
         counts,
         max_probe,

@@ -64,6 +64,20 @@ pub fn write_personer(
     opts: BatchOptions,
     out: &mut Vec<u8>,
 ) -> BatchStats {
+    out.extend_from_slice(render::PERSONER_OPEN);
+    let stats = write_entries(snapshot, overlay, ids, opts, out);
+    stats
+}
+
+/// Appends the person objects of `ids`, comma-separated, without a frame (the items of
+/// `{"personer":[…]}` and of the change feed's `list`).
+pub fn write_entries(
+    snapshot: &Snapshot,
+    overlay: &Overlay,
+    ids: &[PersonId],
+    opts: BatchOptions,
+    out: &mut Vec<u8>,
+) -> BatchStats {
     let mut stats = BatchStats::default();
     // One lock-free check per batch (the filter's flag): with nothing changed, no id pays
     // for the overlay.
@@ -72,7 +86,6 @@ pub fn write_personer(
         .contains(Groups::SPRAAK)
         .then(|| (overlay, overlay.filter()))
         .filter(|(_, filter)| !filter.is_empty());
-    out.extend_from_slice(render::PERSONER_OPEN);
     let mut first = true;
     // Groups go through a pipeline: while group g is copied out, the records of group g + 1
     // (its slots read just before) and the slots of group g + 2 are already on their way,
@@ -137,7 +150,6 @@ pub fn write_personer(
             }
         }
     }
-    out.extend_from_slice(render::PERSONER_CLOSE);
     stats
 }
 

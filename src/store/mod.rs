@@ -3,6 +3,7 @@
 //! - this file: [`Store`], the `ArcSwap` handle requests read through;
 //! - [`overlay`]: acknowledged changes not yet in a snapshot, consulted before it;
 //! - [`lookup`]: ids + groups → the `{"personer":[…]}` answer, from snapshot and overlay;
+//! - [`feed`]: the change feed's pages, from the snapshot's index and the overlay;
 //! - [`reload`]: the one path every snapshot is published through (start-up included),
 //!   and the directory watcher;
 //! - [`follow`]: snapshots published to object storage, fetched and handed to [`reload`].
@@ -17,6 +18,7 @@
 //! prunes from it what the new snapshot holds, *after* the swap: a reader in between sees
 //! the change twice over (overlay and snapshot agree), never not at all.
 
+pub mod feed;
 pub mod follow;
 pub mod lookup;
 pub mod overlay;
@@ -63,6 +65,9 @@ impl Store {
     pub fn publish(&self, snapshot: Snapshot) -> Option<Arc<Snapshot>> {
         let snapshot = Arc::new(snapshot);
         let old = self.current.swap(Some(snapshot.clone()));
+        if let Some(base) = snapshot.feed_base() {
+            self.overlay.forget_reservations_before(base);
+        }
         let dropped = self.overlay.prune(&snapshot);
         if dropped > 0 {
             tracing::info!(

@@ -21,6 +21,7 @@
 //! The filter also has a flag, set with its first bit: while it is clear, a whole batch
 //! (and a single-person read) skips the overlay after one load, with the same guarantee.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,6 +151,12 @@ pub struct Overlay {
     filter: ArcSwap<Filter>,
     /// Serialises `apply` with the filter rebuild (see the module doc).
     writers: std::sync::Mutex<()>,
+    /// The same changes by sequence number (the change feed's order): seq → person key.
+    /// Only the feed reads it; writers change it under `writers`.
+    by_seq: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// Reservations of change ids the journal holds: first id → snapshot id. The feed of a
+    /// replica answers nothing at or past a reservation of a snapshot it does not serve yet.
+    reserved: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Default for Overlay {
@@ -158,6 +165,8 @@ impl Default for Overlay {
             map: DashMap::default(),
             filter: ArcSwap::from_pointee(Filter::new()),
             writers: std::sync::Mutex::new(()),
+            by_seq: std::sync::Mutex::new(BTreeMap::new()),
+            reserved: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -170,7 +179,13 @@ impl Overlay {
 
     /// Applies a durable journal entry; an entry older than the one held is ignored.
     pub fn apply(&self, entry: &Entry) {
-        let Change::SetSpraak { id, spraak } = entry.change;
+        let (id, spraak) = match entry.change {
+            Change::SetSpraak { id, spraak } => (id, spraak),
+            Change::Reserve { snapshot, .. } => {
+                lock(&self.reserved).insert(entry.seq, snapshot);
+                return;
+            }
+        };
         let mut rendered = Vec::with_capacity(64);
         render::write_spraak(Some(spraak), Some(entry.at), &mut rendered);
         // Every language and every instant in 1970..2099 renders to the same length.
@@ -184,15 +199,74 @@ impl Overlay {
             segment_len: rendered.len() as u8,
         };
         let _serial = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replaced = None;
+        let mut newer = true;
         self.map
             .entry(id.key())
             .and_modify(|held| {
                 if held.seq < changed.seq {
+                    replaced = Some(held.seq);
                     *held = changed.clone();
+                } else {
+                    newer = false;
                 }
             })
             .or_insert(changed);
+        if newer {
+            let mut by_seq = lock(&self.by_seq);
+            if let Some(old) = replaced {
+                by_seq.remove(&old);
+            }
+            by_seq.insert(entry.seq, id.key());
+        }
         self.filter.load().set(id.key());
+    }
+
+    /// Up to `max` changes with sequence numbers in `after + 1..=upto`, ascending, for
+    /// which `keep(seq, key)` holds.
+    pub fn changes_between(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+        mut keep: impl FnMut(u64, u64) -> bool,
+    ) -> Vec<(u64, u64)> {
+        if after >= upto {
+            return Vec::new();
+        }
+        lock(&self.by_seq)
+            .range(after + 1..=upto)
+            .map(|(&s, &k)| (s, k))
+            .filter(|&(s, k)| keep(s, k))
+            .take(max)
+            .collect()
+    }
+
+    /// The newest change's sequence number at or below `upto`.
+    pub fn newest_change(&self, upto: u64) -> Option<u64> {
+        lock(&self.by_seq).range(..=upto).next_back().map(|(&s, _)| s)
+    }
+
+    /// The first reserved change id above `after` (a reservation made after the one of the
+    /// snapshot served), if any.
+    pub fn reservation_after(&self, after: u64) -> Option<(u64, u64)> {
+        lock(&self.reserved)
+            .range(after.saturating_add(1)..)
+            .next()
+            .map(|(&f, &s)| (f, s))
+    }
+
+    /// The reservation of `snapshot`, if this replica knows of one.
+    pub fn reservation_of(&self, snapshot: u64) -> Option<u64> {
+        lock(&self.reserved)
+            .iter()
+            .find(|&(_, &s)| s == snapshot)
+            .map(|(&f, _)| f)
+    }
+
+    /// Forgets reservations older than `base` (the served snapshot's own).
+    pub fn forget_reservations_before(&self, base: u64) {
+        lock(&self.reserved).retain(|&first, _| first >= base);
     }
 
     /// The filter to test a batch's ids against (load it once per request).
@@ -263,10 +337,13 @@ impl Overlay {
             // Bits of dropped entries are only cleared by building a new filter.
             let _serial = self.writers.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = Filter::new();
+            let mut by_seq = BTreeMap::new();
             for e in self.map.iter() {
                 fresh.set(*e.key());
+                by_seq.insert(e.seq, *e.key());
             }
             self.filter.store(Arc::new(fresh));
+            *lock(&self.by_seq) = by_seq;
         }
         dropped
     }
@@ -280,7 +357,11 @@ impl Snapshot {
         if entry.seq <= self.header().journal_seq {
             return true;
         }
-        let Some(rec) = self.get(entry.change.person()) else {
+        if let Change::Reserve { .. } = entry.change {
+            // Made after this snapshot was built: the overlay keeps it (the feed's fence).
+            return false;
+        }
+        let Some(rec) = entry.change.person().and_then(|id| self.get(id)) else {
             return true;
         };
         if rec.is_slettet() {
@@ -288,6 +369,10 @@ impl Snapshot {
         }
         rec.spraak_oppdatert().is_some_and(|t| t > entry.at)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

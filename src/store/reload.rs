@@ -183,7 +183,20 @@ impl Reloader {
         outcome
     }
 
+    /// Numbers the served snapshot's own changes if they are not yet (at start-up the
+    /// first snapshot is served before the journal is open; a reservation that failed is
+    /// tried again here, at every reload). Blocking.
+    pub fn number_served(&self) {
+        if let (Some(journal), Some(s)) = (self.journal.get(), self.store.current().as_ref()) {
+            number(&**journal, s);
+            if let Some(base) = s.feed_base() {
+                self.store.overlay().forget_reservations_before(base);
+            }
+        }
+    }
+
     fn reload_blocking(&self, allow_shrink: bool) -> Outcome {
+        self.number_served();
         let current = self.store.current();
         let (cur_id, cur_build, cur_records) = match current.as_ref() {
             Some(s) => (Some(s.id()), Some(s.header().build_time), s.len()),
@@ -328,6 +341,7 @@ impl Reloader {
         if let Some(journal) = self.journal.get() {
             let entries = journal.since(snapshot.header().journal_seq)?;
             self.store.overlay().replay(&entries, Some(&snapshot));
+            number(&**journal, &snapshot);
         }
         let old = self.store.publish(snapshot);
         let served = self.store.current();
@@ -339,6 +353,27 @@ impl Reloader {
             retire(old);
         }
         Ok(())
+    }
+}
+
+/// Gives `snapshot`'s own changes their change ids (the journal's reservation for it, made
+/// now if no replica has made it yet). A journal that cannot do it now leaves the feed
+/// answering 503 for this snapshot until a later reload numbers it; lookups go on.
+fn number(journal: &dyn Backend, snapshot: &Snapshot) {
+    if snapshot.feed_base().is_some() {
+        return;
+    }
+    let pending = snapshot.header().feed.pending;
+    match journal.reserve(snapshot.raw_id(), pending) {
+        Ok(base) => {
+            snapshot.set_feed_base(base);
+            tracing::info!(snapshot = %snapshot.id(), first = base, changes = pending,
+                "change ids reserved for the snapshot's changes");
+        }
+        Err(e) => {
+            tracing::error!(snapshot = %snapshot.id(), cause = %e,
+                "cannot reserve change ids for the snapshot's changes; the change feed answers 503 until a reload can");
+        }
     }
 }
 

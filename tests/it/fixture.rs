@@ -62,6 +62,7 @@ fn the_committed_v1_snapshot_is_read_and_rewritten_byte_for_byte() {
         journal: None,
         progress: false,
         shrink: None,
+        previous: None,
     };
     build_file(&fixture("register-v1.jsonl"), &rebuilt, &opts).unwrap();
     assert!(

@@ -139,7 +139,7 @@ fn torn_tail_fixture_recovers_to_the_record_before_it() {
     assert_eq!(scan.entries, expected);
     assert_eq!(std::fs::metadata(&file).unwrap().len(), want_len);
     let e = rt
-        .block_on(j.append(set(expected[0].change.person(), 0)))
+        .block_on(j.append(set(expected[0].change.person().unwrap(), 0)))
         .unwrap();
     assert_eq!(e.seq, 4);
     j.close();

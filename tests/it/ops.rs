@@ -53,6 +53,7 @@ fn build_variant(register: &[Value], i: u32, work: &Path) -> PathBuf {
             journal: None,
             progress: false,
             shrink: None,
+            previous: None,
         },
     )
     .unwrap();

@@ -31,6 +31,22 @@ impl Backend for Journal {
         Ok(entries)
     }
 
+    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError> {
+        let made = scan(&self.dir, Mode::ReadOnly)?
+            .entries
+            .iter()
+            .find(|e| matches!(e.change, Change::Reserve { snapshot: s, .. } if s == snapshot))
+            .map(|e| e.seq);
+        if let Some(first) = made {
+            return Ok(first);
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Change::Reserve { snapshot, count }, reply)?;
+        rx.blocking_recv()
+            .map_err(|_| JournalError::Closed)?
+            .map(|e| e.seq)
+    }
+
     fn stats(&self) -> &JournalStats {
         &self.stats
     }

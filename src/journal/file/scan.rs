@@ -16,14 +16,15 @@ pub struct SegmentInfo {
     pub path: PathBuf,
     /// Sequence number of its first record (from the header).
     pub first_seq: u64,
-    /// Records in it.
+    /// Sequence numbers its records take (its record count, plus the extra numbers a
+    /// reservation of change ids takes).
     pub records: u64,
     /// Bytes that hold good records (header included).
     pub good_len: u64,
 }
 
 impl SegmentInfo {
-    /// Sequence number of its last record, if it has one.
+    /// The last sequence number its records take, if it has one.
     pub fn last_seq(&self) -> Option<u64> {
         (self.records > 0).then(|| self.first_seq + self.records - 1)
     }
@@ -61,7 +62,7 @@ pub struct Scan {
 impl Scan {
     /// The last good sequence number (0: none).
     pub fn last_seq(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.seq)
+        self.entries.last().map_or(0, Entry::last_seq)
     }
 
     /// Checks that every change above `folded` (the served snapshot's folded sequence
@@ -268,7 +269,7 @@ pub fn scan(dir: &Path, mode: Mode) -> Result<Scan, JournalError> {
             match format::decode_frame(&bytes[at..]) {
                 Ok((e, len, group)) if e.seq == seq => {
                     out.entries.push(e);
-                    seq += 1;
+                    seq = e.last_seq() + 1;
                     at += len;
                     last_group = group.map(|g| (g, e.seq));
                 }

@@ -194,6 +194,8 @@ impl Journal {
             }
         }
         stats.last_seq.store(next_seq - 1, Ordering::Relaxed);
+        // The caller replays what recovery read before it serves anything.
+        stats.visible_seq.store(next_seq - 1, Ordering::Release);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("krr-journal".into())
@@ -216,14 +218,22 @@ impl Journal {
     /// Appends `change`; resolves once it is durable and applied, with its entry.
     pub async fn append(&self, change: Change) -> Result<Entry, JournalError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(change, reply)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    pub(super) fn send(
+        &self,
+        change: Change,
+        reply: tokio::sync::oneshot::Sender<Result<Entry, JournalError>>,
+    ) -> Result<(), JournalError> {
         self.tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .ok_or(JournalError::Closed)?
             .send(Request { change, reply })
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+            .map_err(|_| JournalError::Closed)
     }
 
     /// The writer's counters.
@@ -318,10 +328,19 @@ impl Writer {
         let mut batch: Vec<Request> = Vec::with_capacity(self.opts.max_batch);
         let mut entries: Vec<Entry> = Vec::with_capacity(self.opts.max_batch);
         let mut buf: Vec<u8> = Vec::with_capacity(self.opts.max_batch * 64);
-        while let Ok(first) = rx.recv() {
+        // A reservation of change ids is a group of its own: one taken from the queue while
+        // a group of PATCHes was being gathered waits here for the next round.
+        let mut held: Option<Request> = None;
+        let is_reservation = |r: &Request| matches!(r.change, Change::Reserve { .. });
+        while let Some(first) = held.take().or_else(|| rx.recv().ok()) {
+            let alone = is_reservation(&first);
             batch.push(first);
-            while batch.len() < self.opts.max_batch {
+            while !alone && batch.len() < self.opts.max_batch {
                 match rx.try_recv() {
+                    Ok(r) if is_reservation(&r) => {
+                        held = Some(r);
+                        break;
+                    }
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
@@ -337,25 +356,27 @@ impl Writer {
             buf.clear();
             entries.clear();
             let len = u16::try_from(batch.len()).expect("max_batch fits a group's u16 length");
+            let mut seq = self.next_seq;
             for (i, r) in batch.iter().enumerate() {
                 let e = Entry {
-                    seq: self.next_seq + i as u64,
+                    seq,
                     at,
                     change: r.change,
                 };
+                seq = e.last_seq() + 1;
                 let index = u16::try_from(i).expect("below len");
                 encode_grouped(&e, GroupPos { index, len }, &mut buf);
                 entries.push(e);
             }
             match self.commit(&buf) {
                 Ok(took) => {
-                    self.next_seq += entries.len() as u64;
+                    self.next_seq = seq;
                     self.recovered();
                     metrics::histogram!(crate::metrics::JOURNAL_FSYNC_SECONDS)
                         .record(took.as_secs_f64());
                     metrics::counter!(crate::metrics::JOURNAL_RECORDS)
                         .increment(entries.len() as u64);
-                    let last = entries.last().expect("a batch is never empty").seq;
+                    let last = entries.last().expect("a batch is never empty").last_seq();
                     self.stats.last_seq.store(last, Ordering::Release);
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -365,6 +386,7 @@ impl Writer {
                         .sync_nanos
                         .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
                     apply(&entries);
+                    self.stats.visible_seq.store(last, Ordering::Release);
                     for (r, e) in batch.drain(..).zip(&entries) {
                         // A waiter that went away (client hung up) still had its change made
                         // durable.

@@ -129,8 +129,9 @@ async fn follow_once(
                     );
                 }
                 apply(&entries);
-                let last = entries.last().expect("not empty").seq;
+                let last = entries.last().expect("not empty").last_seq();
                 *applied = last;
+                stats.visible_seq.fetch_max(last, Ordering::AcqRel);
                 stats.last_seq.fetch_max(last, Ordering::AcqRel);
                 metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(last as f64);
                 if i64::try_from(rows.len()) == Ok(PAGE) {

@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS krr_journal (
     person bigint NOT NULL CHECK (person >= 0 AND person < 100000000000),
     spraak text NOT NULL CHECK (spraak IN ('nb', 'nn', 'en', 'se'))
 );
+ALTER TABLE krr_journal ADD COLUMN IF NOT EXISTS reserved_for bigint;
+ALTER TABLE krr_journal ADD COLUMN IF NOT EXISTS reserved_count bigint;
+ALTER TABLE krr_journal ALTER COLUMN person DROP NOT NULL;
+ALTER TABLE krr_journal ALTER COLUMN spraak DROP NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS krr_journal_reserved_for ON krr_journal (reserved_for)
+    WHERE reserved_for IS NOT NULL;
 COMMIT;
 ";
 
@@ -82,8 +88,24 @@ WITH h AS (
 )
 SELECT last_seq, last_at, pg_notify('krr_journal', last_seq::text)::text FROM h";
 
-const SINCE: &str =
-    "SELECT seq, at, person, spraak FROM krr_journal WHERE seq > $1 ORDER BY seq LIMIT $2";
+const SINCE: &str = "SELECT seq, at, person, spraak, reserved_for, reserved_count \
+     FROM krr_journal WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// A reservation of change ids for a snapshot: the head moves on by its width (which
+/// row-locks it, as an append does, so ids keep commit order) and one row records it.
+/// Run after `RESERVED` found none, in the same transaction, under the advisory lock.
+const RESERVE: &str = "
+WITH h AS (
+    UPDATE krr_journal_head
+       SET last_seq = last_seq + $2,
+           last_at = greatest(last_at, floor(extract(epoch FROM clock_timestamp()))::bigint)
+    RETURNING last_seq, last_at
+)
+INSERT INTO krr_journal (seq, at, person, spraak, reserved_for, reserved_count)
+SELECT h.last_seq - $2 + 1, h.last_at, NULL, NULL, $1, $3 FROM h
+RETURNING seq, pg_notify('krr_journal', seq::text)::text";
+
+const RESERVED: &str = "SELECT seq FROM krr_journal WHERE reserved_for = $1";
 
 /// PATCHes waiting for the database at most; more are answered 503 at once (a database
 /// that hangs must not make the queue, and the waits, grow without bound).
@@ -227,9 +249,26 @@ pub async fn init(url: &str) -> Result<(), JournalError> {
 fn row_entry(row: &tokio_postgres::Row) -> Result<Entry, JournalError> {
     let seq: i64 = row.get(0);
     let at: i64 = row.get(1);
-    let person: i64 = row.get(2);
-    let spraak: &str = row.get(3);
     let bad = |what: &str| JournalError::Database(format!("journal row {seq} has {what}"));
+    if let Some(snapshot) = row.get::<_, Option<i64>>(4) {
+        let count: i64 = row.get::<_, Option<i64>>(5).unwrap_or(0);
+        let seq = u64::try_from(seq).map_err(|_| bad("a negative sequence number"))?;
+        let count = u64::try_from(count).map_err(|_| bad("a negative reservation"))?;
+        return Ok(Entry {
+            seq,
+            at: Timestamp(at),
+            change: Change::Reserve {
+                snapshot: snapshot.cast_unsigned(),
+                count,
+            },
+        });
+    }
+    let person: i64 = row
+        .get::<_, Option<i64>>(2)
+        .ok_or_else(|| bad("no personal number"))?;
+    let spraak: &str = row
+        .get::<_, Option<&str>>(3)
+        .ok_or_else(|| bad("no language"))?;
     let id = u64::try_from(person)
         .ok()
         .and_then(PersonId::from_key)
@@ -345,7 +384,9 @@ impl PgJournal {
         let ready: bool = client
             .query_one(
                 "SELECT to_regclass('krr_journal') IS NOT NULL \
-                    AND to_regclass('krr_journal_head') IS NOT NULL",
+                    AND to_regclass('krr_journal_head') IS NOT NULL \
+                    AND EXISTS (SELECT 1 FROM information_schema.columns \
+                                 WHERE table_name = 'krr_journal' AND column_name = 'reserved_count')",
                 &[],
             )
             .await
@@ -366,9 +407,13 @@ impl PgJournal {
             .map_err(|e| JournalError::Database(reason(&e)))?;
         let (entries, head) = read_since(&mut client, after_seq).await?;
         drop(client);
-        let applied = entries.last().map_or(after_seq, |e| e.seq.max(after_seq));
+        let applied = entries
+            .last()
+            .map_or(after_seq, |e| e.last_seq().max(after_seq));
         let stats = Arc::new(JournalStats::default());
         stats.last_seq.store(head, Ordering::Relaxed);
+        // The caller replays `entries` before it serves anything.
+        stats.visible_seq.store(applied, Ordering::Release);
         metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(applied as f64);
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer::write_loop(
@@ -406,6 +451,11 @@ impl PgJournal {
 impl Backend for PgJournal {
     fn append(&self, change: Change) -> BoxFuture<'_, Result<Entry, JournalError>> {
         Box::pin(async move {
+            if matches!(change, Change::Reserve { .. }) {
+                return Err(JournalError::Database(
+                    "change ids are reserved with `reserve`, not appended".into(),
+                ));
+            }
             let (reply, rx) = oneshot::channel();
             let sent = self
                 .tx
@@ -426,6 +476,39 @@ impl Backend for PgJournal {
             }
             rx.await.map_err(|_| JournalError::Closed)?
         })
+    }
+
+    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError> {
+        let pool = self.pool.clone();
+        let width = Change::Reserve { snapshot, count }.width();
+        let made = async move {
+            let db = |e: tokio_postgres::Error| JournalError::Unavailable(reason(&e));
+            let mut client = pool.get().await.map_err(pool_reason)?;
+            let tx = client.transaction().await.map_err(db)?;
+            // One reservation per snapshot, whichever replica swaps first.
+            tx.execute("SELECT pg_advisory_xact_lock(7277002)", &[])
+                .await
+                .map_err(db)?;
+            let id = snapshot.cast_signed();
+            let first: i64 = match tx.query_opt(RESERVED, &[&id]).await.map_err(db)? {
+                Some(row) => row.get(0),
+                None => tx
+                    .query_one(
+                        RESERVE,
+                        &[&id, &width.cast_signed(), &count.cast_signed()],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get(0),
+            };
+            tx.commit().await.map_err(db)?;
+            u64::try_from(first)
+                .map_err(|_| JournalError::Database("a negative reservation".into()))
+        };
+        let timeout = self.timeout * 4;
+        self.runtime
+            .block_on(async move { tokio::time::timeout(timeout, made).await })
+            .map_err(|_| JournalError::Unavailable("the database did not answer in time".into()))?
     }
 
     fn since(&self, seq: u64) -> Result<Vec<Entry>, JournalError> {

@@ -76,12 +76,14 @@ pub(super) async fn write_loop(
         }
         let persons: Vec<i64> = batch
             .iter()
-            .map(|r| r.change.person().key().cast_signed())
+            .map(|r| r.change.person().map_or(0, |p| p.key().cast_signed()))
             .collect();
         let spraak: Vec<&str> = batch
             .iter()
             .map(|r| match r.change {
                 Change::SetSpraak { spraak, .. } => spraak.as_str(),
+                // Refused by `PgJournal::append`: reservations are made by `reserve`.
+                Change::Reserve { .. } => "",
             })
             .collect();
         let started = Instant::now();

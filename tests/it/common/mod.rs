@@ -32,6 +32,7 @@ pub fn build_opts() -> BuildOptions {
         journal: None,
         progress: false,
         shrink: None,
+        previous: None,
     }
 }
 
