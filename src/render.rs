@@ -145,7 +145,10 @@ pub fn write_kontakt(k: &Kontaktinformasjon, out: &mut Vec<u8>) {
         key("epostadresse_sist_validert", out);
         write_ts(t, out);
     }
-    if let Some(d) = k.epostadresse_duplisert.filter(|_| k.epostadresse.is_some()) {
+    if let Some(d) = k
+        .epostadresse_duplisert
+        .filter(|_| k.epostadresse.is_some())
+    {
         key("epostadresse_duplisert", out);
         out.extend_from_slice(ja_nei(d));
     }
@@ -165,7 +168,10 @@ pub fn write_kontakt(k: &Kontaktinformasjon, out: &mut Vec<u8>) {
         key("mobiltelefonnummer_sist_validert", out);
         write_ts(t, out);
     }
-    if let Some(d) = k.mobiltelefonnummer_duplisert.filter(|_| k.mobiltelefonnummer.is_some()) {
+    if let Some(d) = k
+        .mobiltelefonnummer_duplisert
+        .filter(|_| k.mobiltelefonnummer.is_some())
+    {
         key("mobiltelefonnummer_duplisert", out);
         out.extend_from_slice(ja_nei(d));
     }

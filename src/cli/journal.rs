@@ -64,10 +64,14 @@ pub fn run(command: JournalCommand) -> anyhow::Result<ExitCode> {
             let (entries, last_seq) =
                 super::runtime()?.block_on(krr::journal::pg::read_all(&url))?;
             let mut out = std::io::stdout().lock();
+            let reservations = entries
+                .iter()
+                .filter(|e| matches!(e.change, krr::journal::Change::Reserve { .. }))
+                .count();
             writeln!(
                 out,
-                "records {}  first seq {}  last seq {last_seq}",
-                entries.len(),
+                "records {}  first seq {}  last seq {last_seq}  (and {reservations} reservations of change ids)",
+                entries.len() - reservations,
                 entries.first().map_or(0, |e| e.seq)
             )?;
             Ok(ExitCode::SUCCESS)

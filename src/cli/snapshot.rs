@@ -94,7 +94,15 @@ pub fn run(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
                 }),
                 _ => None,
             };
-            build(input, journal, journal_url, out, build_time, shrink, previous)
+            build(
+                input,
+                journal,
+                journal_url,
+                out,
+                build_time,
+                shrink,
+                previous,
+            )
         }
         SnapshotCommand::Publish { path, to } => publish(path, to),
         SnapshotCommand::Inspect { path, get } => inspect(path, get),
@@ -258,6 +266,16 @@ fn print_header(out: &mut impl Write, h: &Header) -> std::io::Result<()> {
     writeln!(out, "kan varsles   {}", c.kan_varsles)?;
     writeln!(out, "digital post  {}", c.digital_post)?;
     writeln!(out, "certificates  {}", c.certs)?;
+    let f = &h.feed;
+    let previous = match f.previous {
+        0 => "none (a first build)".to_string(),
+        p => format!("{p:016x}"),
+    };
+    writeln!(
+        out,
+        "change feed   {} entries, {} of them this snapshot's own changes; compared with {previous}",
+        f.entries, f.pending
+    )?;
     writeln!(out, "max probe     {}", h.max_probe)?;
     Ok(())
 }

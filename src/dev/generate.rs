@@ -278,8 +278,16 @@ fn person(
     if email {
         let domain = DOMAINS[rng.random_range(0..DOMAINS.len())];
         k.epostadresse = Some(if shares(1, 10) {
-            let name = format!("familien.{}{}@example.no", LAST[(household % 16) as usize], household);
-            if index % 2 == 0 { name } else { name.to_uppercase() }
+            let name = format!(
+                "familien.{}{}@example.no",
+                LAST[(household % 16) as usize],
+                household
+            );
+            if index % 2 == 0 {
+                name
+            } else {
+                name.to_uppercase()
+            }
         } else {
             format!("{first}.{last}{}@{domain}", unique(index, 99_999_989))
         });
@@ -311,8 +319,7 @@ fn person(
     if let Some(changed) = k.mobiltelefonnummer_oppdatert
         && rng.random_bool(0.3)
     {
-        k.mobiltelefonnummer_sist_validert =
-            Some(Timestamp(rng.random_range(changed.0..=as_of.0)));
+        k.mobiltelefonnummer_sist_validert = Some(Timestamp(rng.random_range(changed.0..=as_of.0)));
     }
     if !k.is_empty() {
         p.kontaktinformasjon = Some(k);
@@ -425,6 +432,186 @@ pub fn generate_file(out: &Path, opts: &GenerateOptions) -> Result<(), GenerateE
     w.flush().map_err(io)?;
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Settings of "tomorrow's export" ([`change_file`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ChangeOptions {
+    /// Share of persons changed (0.005 for 0.5 %); a tenth of it is added as new persons.
+    pub rate: f64,
+    /// Seed: the same seed, rate and input give the same file.
+    pub seed: u64,
+    /// When the changes were made (their `*_oppdatert` time stamps).
+    pub at: Timestamp,
+}
+
+/// What [`change_file`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// Persons read.
+    pub persons: u64,
+    /// Persons changed (new e-mail or mobile, reservation set or lifted, a validation, a
+    /// language, deleted).
+    pub changed: u64,
+    /// Persons left out (gone from the register).
+    pub removed: u64,
+    /// New persons appended.
+    pub added: u64,
+}
+
+fn mix(mut z: u64) -> u64 {
+    // splitmix64's finaliser.
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Writes "tomorrow's export": the persons of `from` (an export, one JSON line each), a
+/// share `rate` of them changed the way a night changes the register (new e-mail
+/// addresses and mobile numbers, reservations set and lifted, validations, languages,
+/// deletions, persons gone), and a tenth of that share of new persons. Unchanged lines are
+/// copied byte for byte. Deterministic for the same input, seed and rate.
+pub fn change_file(
+    from: &Path,
+    out: &Path,
+    opts: &ChangeOptions,
+) -> Result<ChangeReport, GenerateError> {
+    use std::io::BufRead;
+    let read_err = |source| GenerateError::Io {
+        path: from.to_owned(),
+        source,
+    };
+    let write_err = |source| GenerateError::Io {
+        path: out.to_owned(),
+        source,
+    };
+    let input = std::io::BufReader::with_capacity(4 << 20, File::open(from).map_err(read_err)?);
+    let mut w = BufWriter::with_capacity(4 << 20, File::create(out).map_err(write_err)?);
+    let threshold = (opts.rate.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let mut report = ChangeReport::default();
+    let mut present: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    const KEY: &str = "\"personidentifikator\":\"";
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(read_err)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        report.persons += 1;
+        if let Some(at) = line.find(KEY)
+            && let Some(id) = line.get(at + KEY.len()..at + KEY.len() + 11)
+            && let Some(id) = PersonId::parse(id.as_bytes())
+        {
+            present.insert(id.key());
+        }
+        let h = mix(opts.seed ^ mix(i as u64));
+        let changed = h < threshold
+            && match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(mut v) => {
+                    let kind = mix(h) % 10;
+                    if kind == 9 {
+                        report.removed += 1;
+                        continue;
+                    }
+                    if change_person(&mut v, kind, i as u64, opts.at) {
+                        serde_json::to_writer(&mut w, &v).map_err(|e| write_err(e.into()))?;
+                        w.write_all(b"\n").map_err(write_err)?;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(_) => false,
+            };
+        if changed {
+            report.changed += 1;
+        } else {
+            w.write_all(line.as_bytes()).map_err(write_err)?;
+            w.write_all(b"\n").map_err(write_err)?;
+        }
+    }
+    let wanted = (report.persons as f64 * opts.rate / 10.0).round() as u64;
+    if wanted > 0 {
+        let candidates = synthetic_ids(report.persons + wanted * 2, opts.seed ^ 0x5eed)?;
+        let fresh: Vec<PersonId> = candidates
+            .into_iter()
+            .filter(|id| !present.contains(&id.key()))
+            .take(wanted as usize)
+            .collect();
+        let certs: Vec<String> = PROVIDERS.iter().map(Provider::cert_base64).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xadd);
+        let mut buf = Vec::new();
+        for (j, &id) in fresh.iter().enumerate() {
+            let p = person(id, report.persons + j as u64, &mut rng, opts.at, &certs);
+            buf.clear();
+            render::write_person(
+                &p,
+                crate::model::Varslingsstatus::KanIkkeVarsles,
+                SOURCE_GROUPS,
+                &mut buf,
+            );
+            buf.push(b'\n');
+            w.write_all(&buf).map_err(write_err)?;
+            report.added += 1;
+        }
+    }
+    w.flush().map_err(write_err)?;
+    Ok(report)
+}
+
+/// Changes one person (a JSON object of the export) by `kind`; false when the kind does
+/// not apply (a deleted person has nothing to change but its return).
+fn change_person(v: &mut serde_json::Value, kind: u64, n: u64, at: Timestamp) -> bool {
+    use serde_json::json;
+    let stamp = json!(at.to_oslo_string());
+    if v["status"] != "AKTIV" {
+        return false;
+    }
+    const K: &str = "kontaktinformasjon";
+    match kind {
+        0..=2 => {
+            v[K]["epostadresse"] = json!(format!("ny.adresse{n}@example.no"));
+            v[K]["epostadresse_oppdatert"] = stamp;
+        }
+        3 | 4 => {
+            v[K]["mobiltelefonnummer"] = json!(format!("+478{:07}", unique(n, 9_999_991)));
+            v[K]["mobiltelefonnummer_oppdatert"] = stamp;
+        }
+        5 => {
+            if v["reservasjon"] == "JA" {
+                v["reservasjon"] = json!("NEI");
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("reservasjonstidspunkt");
+                }
+            } else {
+                v["reservasjon"] = json!("JA");
+                v["reservasjonstidspunkt"] = stamp.clone();
+            }
+            v["reservasjon_oppdatert"] = stamp;
+        }
+        6 => {
+            if v[K].get("epostadresse").is_some() {
+                v[K]["epostadresse_sist_validert"] = stamp;
+            } else if v[K].get("mobiltelefonnummer").is_some() {
+                v[K]["mobiltelefonnummer_sist_validert"] = stamp;
+            } else {
+                v[K]["epostadresse"] = json!(format!("ny.adresse{n}@example.no"));
+                v[K]["epostadresse_oppdatert"] = stamp;
+            }
+        }
+        7 => {
+            let next = match v["spraak"].as_str() {
+                Some("nb") => "nn",
+                _ => "nb",
+            };
+            v["spraak"] = json!(next);
+            v["spraak_oppdatert"] = stamp;
+        }
+        _ => {
+            let id = v["personidentifikator"].clone();
+            *v = json!({ "personidentifikator": id, "status": "SLETTET" });
+        }
+    }
+    true
 }
 
 #[cfg(test)]

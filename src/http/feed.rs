@@ -104,10 +104,22 @@ mod tests {
     fn feed_request_bodies() {
         check(r#"{"fraEndringsId":0}"#, Ok(0));
         check(r#"{"fraEndringsId":5512345,"x":[1]}"#, Ok(5_512_345));
-        check(r#"{"fraEndringsId":-1}"#, Err("fraEndringsId must be a non-negative integer"));
-        check(r#"{"fraEndringsId":1.5}"#, Err("fraEndringsId must be a non-negative integer"));
-        check(r#"{"fraEndringsId":"7"}"#, Err("fraEndringsId must be a non-negative integer"));
-        check(r#"{"fraEndringsId":null}"#, Err("fraEndringsId is required"));
+        check(
+            r#"{"fraEndringsId":-1}"#,
+            Err("fraEndringsId must be a non-negative integer"),
+        );
+        check(
+            r#"{"fraEndringsId":1.5}"#,
+            Err("fraEndringsId must be a non-negative integer"),
+        );
+        check(
+            r#"{"fraEndringsId":"7"}"#,
+            Err("fraEndringsId must be a non-negative integer"),
+        );
+        check(
+            r#"{"fraEndringsId":null}"#,
+            Err("fraEndringsId is required"),
+        );
         check("{}", Err("fraEndringsId is required"));
         check("[]", Err("request body must be a JSON object"));
         check("", Err("request body is not valid JSON"));

@@ -424,7 +424,11 @@ mod tests {
             snapshot: 1,
             count: 0,
         };
-        assert_eq!(empty.width(), 1, "a reservation takes at least its own number");
+        assert_eq!(
+            empty.width(),
+            1,
+            "a reservation takes at least its own number"
+        );
     }
 
     #[test]

@@ -275,7 +275,10 @@ mod tests {
 
     #[test]
     fn contact_keys() {
-        assert_eq!(contact_key_email("Ola.Nordmann@Example.NO"), "ola.nordmann@example.no");
+        assert_eq!(
+            contact_key_email("Ola.Nordmann@Example.NO"),
+            "ola.nordmann@example.no"
+        );
         assert_eq!(contact_key_mobile("+4799999999"), "99999999");
         assert_eq!(contact_key_mobile("004799999999"), "99999999");
         assert_eq!(contact_key_mobile("99999999"), "99999999");

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::journal::{Backend, REFUSAL_REASONS};
-use crate::metrics::{FEED_LAG, FEED_NEWEST_ID, JOURNAL_REFUSING, JOURNAL_SEQ, OVERLAY_ENTRIES, READY, SNAPSHOT_AGE, handle};
+use crate::metrics::{
+    FEED_LAG, FEED_NEWEST_ID, JOURNAL_REFUSING, JOURNAL_SEQ, OVERLAY_ENTRIES, READY, SNAPSHOT_AGE,
+    handle,
+};
 use crate::model::time::Timestamp;
 use crate::store::Store;
 

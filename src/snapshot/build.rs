@@ -23,11 +23,11 @@ use crate::model::time::Timestamp;
 use crate::model::{Person, Reservasjon, Status, Varslingsstatus};
 use crate::render::{self, Segment};
 use crate::snapshot::error::{BuildError, LineError, MAX_REPORTED_ERRORS};
-use crate::snapshot::fold::{Fold, JournalFold};
 use crate::snapshot::feed::{FeedReport, Previous, contact_hash, mark_duplicates, order_feed};
+use crate::snapshot::fold::{Fold, JournalFold};
 use crate::snapshot::format::{
-    Counts, FeedCounts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, HEADER_LEN, Header,
-    NO_CERT, RECORD_HEADER_LEN, VERSION,
+    Counts, FLAG_DIGITAL_POST, FLAG_KAN_VARSLES, FLAG_RESERVERT, FLAG_SLETTET, FeedCounts,
+    HEADER_LEN, Header, NO_CERT, RECORD_HEADER_LEN, VERSION,
 };
 use crate::snapshot::record::encode_record_header;
 use crate::snapshot::source::LineParser;
@@ -174,9 +174,10 @@ pub fn build_bytes(
 
     let previous = match &opts.previous {
         None => None,
-        Some(path) => Some(crate::snapshot::Snapshot::open(path).map_err(|e| {
-            BuildError::Previous(format!("{}: {e}", path.display()))
-        })?),
+        Some(path) => Some(
+            crate::snapshot::Snapshot::open(path)
+                .map_err(|e| BuildError::Previous(format!("{}: {e}", path.display())))?,
+        ),
     };
 
     let started = std::time::Instant::now();

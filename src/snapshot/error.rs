@@ -28,7 +28,10 @@ pub enum SnapshotError {
     #[error("not a krr snapshot (wrong magic number)")]
     BadMagic,
     /// A format version this build cannot read.
-    #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported snapshot format version {found} (this build reads version {supported}); \
+         rebuild it from the export with this build's `krr snapshot build`"
+    )]
     UnsupportedVersion {
         /// The file's version.
         found: u32,

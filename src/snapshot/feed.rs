@@ -47,7 +47,11 @@ pub(super) fn mark_duplicates(pieces: &mut [Piece]) -> (u64, u64) {
             .filter(|&h| h != 0)
             .collect();
         all.par_sort_unstable();
-        let shared: HashSet<u128> = all.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        let shared: HashSet<u128> = all
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
         shared
     };
     let emails = collect(false);
@@ -73,7 +77,10 @@ fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) -
         .contacts
         .iter()
         .filter_map(|&(i, e, m)| {
-            let (e, m) = (e != 0 && emails.contains(&e), m != 0 && mobiles.contains(&m));
+            let (e, m) = (
+                e != 0 && emails.contains(&e),
+                m != 0 && mobiles.contains(&m),
+            );
             (e || m).then_some((i as usize, e, m))
         })
         .collect();
@@ -94,7 +101,9 @@ fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) -
             continue;
         };
         let lens_at = |n: usize| at + 2 * n;
-        let len = |out: &[u8], n: usize| usize::from(u16::from_le_bytes([out[lens_at(n)], out[lens_at(n) + 1]]));
+        let len = |out: &[u8], n: usize| {
+            usize::from(u16::from_le_bytes([out[lens_at(n)], out[lens_at(n) + 1]]))
+        };
         let kontakt = at + RECORD_HEADER_LEN + len(&out, 0) + len(&out, 1);
         let mut shrink = 0;
         for (wanted, pattern) in [(e, EMAIL_NEI), (m, MOBILE_NEI)] {
@@ -268,7 +277,10 @@ fn resolve(s: &Snapshot, pos: usize, base: Option<u64>) -> Option<u64> {
 /// Marks each entry of `p`; counts new, changed and renumbered persons.
 fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mark>, [u64; 3]) {
     let Some(prev) = previous else {
-        return (vec![Mark::Own; p.entries.len()], [p.entries.len() as u64, 0, 0]);
+        return (
+            vec![Mark::Own; p.entries.len()],
+            [p.entries.len() as u64, 0, 0],
+        );
     };
     let certs: Vec<Vec<u8>> = p
         .certs
@@ -292,9 +304,13 @@ fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mar
                 counts[0] += 1;
                 return Mark::Own;
             };
-            let rec = Record::decode(&p.records, e.offset as usize).expect("the builder's own record");
+            let rec =
+                Record::decode(&p.records, e.offset as usize).expect("the builder's own record");
             new_answer.clear();
-            let cert = rec.cert().and_then(|c| certs.get(usize::from(c))).map(Vec::as_slice);
+            let cert = rec
+                .cert()
+                .and_then(|c| certs.get(usize::from(c)))
+                .map(Vec::as_slice);
             render::write_stored(rec.stored(), cert, Groups::ALL, None, &mut new_answer);
             // What the previous snapshot showed: its record, with the journal's change over
             // it where it did not hold that change.
@@ -316,7 +332,9 @@ fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mar
                 counts[1] += 1;
                 return Mark::Own;
             }
-            match resolve(s, old.feed_position(), prev.base).filter(|_| old.feed_position() < s.feed_len()) {
+            match resolve(s, old.feed_position(), prev.base)
+                .filter(|_| old.feed_position() < s.feed_len())
+            {
                 Some(id) => Mark::Kept(change.map_or(id, |c| id.max(c.seq))),
                 None => {
                     counts[2] += 1;

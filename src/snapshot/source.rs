@@ -26,9 +26,7 @@ use crate::model::fnr::{self, PersonId};
 use crate::model::json::{MAX_DEPTH, check_depth};
 use crate::model::redact::redact_digits;
 use crate::model::time::Timestamp;
-use crate::model::{
-    DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status,
-};
+use crate::model::{DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status};
 
 /// Why one record was refused. `Display` gives the reason; it never holds a personal number.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -298,7 +296,10 @@ fn validate_kontakt(k: SrcKontakt<'_>) -> Result<Kontaktinformasjon, RecordError
     // Derived by the build (the derived value wins); only the spelling is checked.
     for (field, v) in [
         ("epostadresse_duplisert", &k.epostadresse_duplisert),
-        ("mobiltelefonnummer_duplisert", &k.mobiltelefonnummer_duplisert),
+        (
+            "mobiltelefonnummer_duplisert",
+            &k.mobiltelefonnummer_duplisert,
+        ),
     ] {
         if !matches!(v.as_deref(), None | Some("JA" | "NEI")) {
             return Err(RecordError::new(format!(
@@ -484,19 +485,31 @@ mod tests {
             Err("varslingsstatus must be"),
         );
         check(
-            &edit("\"status\"", "\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"status\""),
+            &edit(
+                "\"status\"",
+                "\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"status\"",
+            ),
             Err("reservasjonstidspunkt is only for reservasjon JA"),
         );
         check(
-            &edit("\"NEI\",", "\"JA\",\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"reservasjon_oppdatert\":\"2025-01-01\","),
+            &edit(
+                "\"NEI\",",
+                "\"JA\",\"reservasjonstidspunkt\":\"2025-01-01T10:00:00+01\",\"reservasjon_oppdatert\":\"2025-01-01\",",
+            ),
             Err("reservasjon_oppdatert is not a timestamp"),
         );
         check(
-            &edit("\"mobiltelefonnummer\":", "\"epostadresse_duplisert\":\"ja\",\"mobiltelefonnummer\":"),
+            &edit(
+                "\"mobiltelefonnummer\":",
+                "\"epostadresse_duplisert\":\"ja\",\"mobiltelefonnummer\":",
+            ),
             Err("kontaktinformasjon.epostadresse_duplisert must be JA or NEI"),
         );
         check(
-            &edit("\"mobiltelefonnummer\":", "\"epostadresse_duplisert\":\"JA\",\"epostadresse_sist_validert\":\"2026-01-01T10:00:00Z\",\"mobiltelefonnummer\":"),
+            &edit(
+                "\"mobiltelefonnummer\":",
+                "\"epostadresse_duplisert\":\"JA\",\"epostadresse_sist_validert\":\"2026-01-01T10:00:00Z\",\"mobiltelefonnummer\":",
+            ),
             Ok(()),
         );
         check(

@@ -42,13 +42,19 @@ pub struct FeedPage {
 #[non_exhaustive]
 pub enum FeedUnavailable {
     /// The served snapshot's own changes have no ids yet.
-    #[error("the served snapshot's changes are not numbered yet (the journal has not reserved their ids)")]
+    #[error(
+        "the served snapshot's changes are not numbered yet (the journal has not reserved their ids)"
+    )]
     NotNumbered,
 }
 
 /// The newest change id this replica may answer, given the journal's visible sequence
 /// number (see the module doc).
-pub fn horizon(snapshot: &Snapshot, overlay: &Overlay, visible: u64) -> Result<u64, FeedUnavailable> {
+pub fn horizon(
+    snapshot: &Snapshot,
+    overlay: &Overlay,
+    visible: u64,
+) -> Result<u64, FeedUnavailable> {
     let base = snapshot.feed_base().ok_or(FeedUnavailable::NotNumbered)?;
     let fence = overlay
         .reservation_after(base)
@@ -100,7 +106,8 @@ pub fn page(
     let mut changes = changes.into_iter().peekable();
     let mut pos = snapshot.feed_start(fra, base);
     while page.ids.len() < max {
-        let from_snapshot = (pos < end.min(len)).then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)));
+        let from_snapshot =
+            (pos < end.min(len)).then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)));
         let (id, key) = match (from_snapshot, changes.peek().copied()) {
             (Some(s), Some(c)) if c.0 < s.0 => {
                 changes.next();
@@ -112,7 +119,9 @@ pub fn page(
                 let later = overlay_any
                     && PersonId::from_key(s.1).is_some_and(|pid| {
                         filter.may_hold(pid)
-                            && overlay.get(pid).is_some_and(|c| c.seq > s.0 && c.seq <= upto)
+                            && overlay
+                                .get(pid)
+                                .is_some_and(|c| c.seq > s.0 && c.seq <= upto)
                     });
                 if later {
                     continue;

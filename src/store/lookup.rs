@@ -66,6 +66,7 @@ pub fn write_personer(
 ) -> BatchStats {
     out.extend_from_slice(render::PERSONER_OPEN);
     let stats = write_entries(snapshot, overlay, ids, opts, out);
+    out.extend_from_slice(render::PERSONER_CLOSE);
     stats
 }
 

@@ -244,7 +244,10 @@ impl Overlay {
 
     /// The newest change's sequence number at or below `upto`.
     pub fn newest_change(&self, upto: u64) -> Option<u64> {
-        lock(&self.by_seq).range(..=upto).next_back().map(|(&s, _)| s)
+        lock(&self.by_seq)
+            .range(..=upto)
+            .next_back()
+            .map(|(&s, _)| s)
     }
 
     /// The first reserved change id above `after` (a reservation made after the one of the

@@ -18,6 +18,7 @@ mod common;
 mod citizen;
 mod cli;
 mod crash;
+mod feed;
 mod fixture;
 mod fuzz;
 mod hostile;

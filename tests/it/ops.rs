@@ -519,6 +519,23 @@ async fn real_answers_validate_against_the_openapi_document() {
             String::new(),
         ),
     ];
+    let feed = format!(
+        "Bearer {}",
+        scoped(&format!("krr:global/hentendring.read {ALL_SCOPES}"))
+    );
+    let mut cases = cases;
+    for (what, body) in [
+        ("feed", r#"{"fraEndringsId":0}"#),
+        ("feed, bad cursor", r#"{"fraEndringsId":-3}"#),
+    ] {
+        cases.push((
+            what,
+            Method::POST,
+            "/rest/v2/krr/hentEndringer",
+            vec![("Authorization", &feed), json_ct],
+            body.into(),
+        ));
+    }
     let mut checked = 0;
     for (what, method, path, headers, body) in cases {
         let a = call(s.addr, method.clone(), path, &headers, body).await;

@@ -481,7 +481,7 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
 
     // A corrupt file is never uploaded.
     let bad = root.join("bad.krr");
-    let mut bytes = std::fs::read(fixture("register-v1.krr")).unwrap();
+    let mut bytes = std::fs::read(fixture("register-v2.krr")).unwrap();
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&bad, &bytes).unwrap();
@@ -828,6 +828,77 @@ async fn three_replicas_share_a_journal_and_a_bucket() {
         StatusCode::NO_CONTENT
     );
     until_seen(addrs[0], &expected[0].0, lang, Duration::from_secs(5)).await;
+
+    // The change feed: every replica gives the same full copy, page by page, with the same
+    // sisteEndringsId (one reservation per snapshot in the shared journal, made by the
+    // first replica to swap and read by the others).
+    let feed_token = format!(
+        "Bearer {}",
+        scoped(&format!("krr:global/hentendring.read {ALL_SCOPES}"))
+    );
+    let copy_of = |addr: SocketAddr| {
+        let feed_token = feed_token.clone();
+        async move {
+            let mut fra = 0u64;
+            let mut pages = Vec::new();
+            loop {
+                let a = call(
+                    addr,
+                    Method::POST,
+                    "/rest/v2/krr/hentEndringer",
+                    &[
+                        ("Authorization", &feed_token),
+                        ("Content-Type", "application/json"),
+                    ],
+                    format!("{{\"fraEndringsId\":{fra}}}"),
+                )
+                .await;
+                assert_eq!(
+                    a.status,
+                    StatusCode::OK,
+                    "{}",
+                    String::from_utf8_lossy(&a.body)
+                );
+                let v = a.json();
+                let til = v["tilEndringsId"].as_u64().unwrap();
+                let siste = v["sisteEndringsId"].as_u64().unwrap();
+                pages.push(v);
+                if til == siste {
+                    return pages;
+                }
+                fra = til;
+            }
+        }
+    };
+    let started = Instant::now();
+    let reference = loop {
+        let first = copy_of(addrs[0]).await;
+        let mut same = true;
+        for &addr in &addrs[1..] {
+            same &= copy_of(addr).await == first;
+        }
+        if same {
+            break first;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replicas' feeds differ after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed: usize = reference
+        .iter()
+        .map(|p| p["list"].as_array().unwrap().len())
+        .sum();
+    assert!(
+        listed >= pids.len(),
+        "{listed} entries for {} AKTIV persons",
+        pids.len()
+    );
+    eprintln!(
+        "change feed: the three replicas give the same {} pages ({listed} entries)",
+        reference.len()
+    );
 
     let mut refusals_before = Vec::new();
     for r in &replicas {

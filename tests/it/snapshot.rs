@@ -25,8 +25,10 @@ fn expected_varsling(src: &Value, now: Timestamp) -> &'static str {
     let newest = [
         "epostadresse_oppdatert",
         "epostadresse_sist_verifisert",
+        "epostadresse_sist_validert",
         "mobiltelefonnummer_oppdatert",
         "mobiltelefonnummer_sist_verifisert",
+        "mobiltelefonnummer_sist_validert",
     ]
     .iter()
     .filter_map(|f| k.get(*f))
@@ -38,13 +40,78 @@ fn expected_varsling(src: &Value, now: Timestamp) -> &'static str {
     }
 }
 
+/// How many AKTIV persons of the register have each e-mail address (lower case) and each
+/// mobile number (a leading +47 or 0047 removed): the rule of `*_duplisert`, written again
+/// here from `api.md`.
+struct Shared {
+    emails: std::collections::HashMap<String, usize>,
+    mobiles: std::collections::HashMap<String, usize>,
+}
+
+fn mobile_key(m: &str) -> String {
+    m.strip_prefix("+47")
+        .or_else(|| m.strip_prefix("0047"))
+        .unwrap_or(m)
+        .to_string()
+}
+
+fn shared(src: &[Value]) -> Shared {
+    let mut s = Shared {
+        emails: Default::default(),
+        mobiles: Default::default(),
+    };
+    for v in src.iter().filter(|v| v["status"] == "AKTIV") {
+        let k = &v["kontaktinformasjon"];
+        if let Some(e) = k["epostadresse"].as_str() {
+            *s.emails.entry(e.to_lowercase()).or_default() += 1;
+        }
+        if let Some(m) = k["mobiltelefonnummer"].as_str() {
+            *s.mobiles.entry(mobile_key(m)).or_default() += 1;
+        }
+    }
+    s
+}
+
 /// The full answer expected for a source object: its fields in API order plus the derived
-/// varslingsstatus.
-fn expected_full(src: &Value) -> Value {
+/// varslingsstatus and `*_duplisert`.
+fn expected_full(src: &Value, shared: &Shared) -> Value {
     let mut out = Map::new();
     for k in ORDER {
         if k == "varslingsstatus" {
             out.insert(k.into(), json!(expected_varsling(src, BUILD_TIME)));
+        } else if k == "kontaktinformasjon"
+            && let Some(kontakt) = src.get(k)
+        {
+            let mut o = Map::new();
+            for (field, derived) in [
+                ("epostadresse", None),
+                ("epostadresse_oppdatert", None),
+                ("epostadresse_sist_verifisert", None),
+                ("epostadresse_sist_validert", None),
+                (
+                    "epostadresse_duplisert",
+                    kontakt["epostadresse"]
+                        .as_str()
+                        .map(|e| shared.emails[&e.to_lowercase()] > 1),
+                ),
+                ("mobiltelefonnummer", None),
+                ("mobiltelefonnummer_oppdatert", None),
+                ("mobiltelefonnummer_sist_verifisert", None),
+                ("mobiltelefonnummer_sist_validert", None),
+                (
+                    "mobiltelefonnummer_duplisert",
+                    kontakt["mobiltelefonnummer"]
+                        .as_str()
+                        .map(|m| shared.mobiles[&mobile_key(m)] > 1),
+                ),
+            ] {
+                if let Some(d) = derived {
+                    o.insert(field.into(), json!(if d { "JA" } else { "NEI" }));
+                } else if let Some(v) = kontakt.get(field) {
+                    o.insert(field.into(), v.clone());
+                }
+            }
+            out.insert(k.into(), Value::Object(o));
         } else if let Some(v) = src.get(k) {
             out.insert(k.into(), v.clone());
         }
@@ -62,6 +129,7 @@ fn every_person_reads_back_exactly_as_its_source() {
     let (jsonl, krr) = register(dir.path(), "reg", 4000, 42);
     let snap = Snapshot::open(&krr).unwrap();
     let src = source_values(&jsonl);
+    let shared = shared(&src);
     assert_eq!(snap.len(), 4000);
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     let mut out = Vec::new();
@@ -77,7 +145,7 @@ fn every_person_reads_back_exactly_as_its_source() {
         let raw = std::str::from_utf8(&out).unwrap();
         assert!(!raw.contains("null"), "{raw}");
         let got: Value = serde_json::from_slice(&out).unwrap();
-        let want = expected_full(s);
+        let want = expected_full(s, &shared);
         assert_eq!(got, want);
         assert_eq!(keys(&got), keys(&want), "key order");
         for (kind, present) in [
@@ -108,6 +176,24 @@ fn every_person_reads_back_exactly_as_its_source() {
                 s["status"] == "AKTIV" && s.get("spraak").is_none(),
             ),
             ("se", s["spraak"] == "se"),
+            (
+                "epostadresse_duplisert",
+                got["kontaktinformasjon"]["epostadresse_duplisert"] == "JA",
+            ),
+            (
+                "mobiltelefonnummer_duplisert",
+                got["kontaktinformasjon"]["mobiltelefonnummer_duplisert"] == "JA",
+            ),
+            (
+                "reservasjonstidspunkt",
+                got.get("reservasjonstidspunkt").is_some(),
+            ),
+            (
+                "sist_validert",
+                got["kontaktinformasjon"]
+                    .get("epostadresse_sist_validert")
+                    .is_some(),
+            ),
         ] {
             *kinds.entry(kind).or_default() += usize::from(present);
         }
@@ -148,9 +234,10 @@ fn each_group_combination_renders_exactly_its_keys_in_order() {
         "spraak" | "spraak_oppdatert" => Some(Groups::SPRAAK),
         _ => None,
     };
+    let shared = shared(&src);
     let mut out = Vec::new();
     for s in &samples {
-        let full = expected_full(s);
+        let full = expected_full(s, &shared);
         for groups in Groups::every_combination() {
             out.clear();
             write_personer(

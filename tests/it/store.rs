@@ -106,16 +106,16 @@ fn corrupt_files_are_refused_with_a_precise_error() {
     check(
         corrupt(&good, d, "version", |b| {
             let mut h = Header::decode(b).unwrap();
-            h.version = 2;
+            h.version = 3;
             b[..HEADER_LEN].copy_from_slice(&h.encode());
         }),
-        "unsupported snapshot format version 2 (this build reads version 1)",
+        "unsupported snapshot format version 3 (this build reads version 2); rebuild it from the export with this build's `krr snapshot build`",
         &|e| {
             matches!(
                 e,
                 SnapshotError::UnsupportedVersion {
-                    found: 2,
-                    supported: 1
+                    found: 3,
+                    supported: 2
                 }
             )
         },

@@ -493,10 +493,7 @@ impl Backend for PgJournal {
             let first: i64 = match tx.query_opt(RESERVED, &[&id]).await.map_err(db)? {
                 Some(row) => row.get(0),
                 None => tx
-                    .query_one(
-                        RESERVE,
-                        &[&id, &width.cast_signed(), &count.cast_signed()],
-                    )
+                    .query_one(RESERVE, &[&id, &width.cast_signed(), &count.cast_signed()])
                     .await
                     .map_err(db)?
                     .get(0),

@@ -10,9 +10,11 @@ use krr::model::time::Timestamp;
 use krr::snapshot::{BuildOptions, build_file};
 
 /// The keys of a person object, in the order of `api.md`.
-pub const ORDER: [&str; 9] = [
+pub const ORDER: [&str; 11] = [
     "personidentifikator",
     "reservasjon",
+    "reservasjonstidspunkt",
+    "reservasjon_oppdatert",
     "status",
     "varslingsstatus",
     "kontaktinformasjon",

@@ -5,6 +5,7 @@
 //! They live apart from the service so that the service binary links no Redis client and
 //! no histogram library it never uses.
 
+mod feed;
 mod loadtest;
 mod peers;
 
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Drive a running service with lookups and/or PATCHes; print throughput and latency.
     Loadtest(Box<LoadtestArgs>),
+    /// Page the whole change feed from 0 as a copy-keeping client does, then follow it
+    /// while PATCHes run; print the time, pages/s, persons/s and the PATCH → feed delay.
+    Feed(FeedArgs),
     /// Load Redis and PostgreSQL with a snapshot's persons and drive them like `loadtest`
     /// (the side-by-side comparison of `tools/bench-peers`).
     Peers {
@@ -93,6 +97,37 @@ struct PeersBenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct FeedArgs {
+    /// The service's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// The snapshot the service serves (the PATCHes of --follow go to its AKTIV persons).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Token-signing key the service trusts (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// `kid` of that key in the service's JWKS.
+    #[arg(long)]
+    kid: Option<String>,
+    /// `iss` of the machine token.
+    #[arg(long, default_value = MASKINPORTEN)]
+    iss: String,
+    /// Scopes of the feed token (the feed scope and the read scopes whose groups to fetch).
+    #[arg(
+        long,
+        default_value = "krr:global/hentendring.read krr:global/kontaktinformasjon.read krr:global/digitalpost.read"
+    )]
+    scope: String,
+    /// After the copy, follow the feed this many seconds while PATCHes run (needs --snapshot).
+    #[arg(long, default_value_t = 0)]
+    follow: u64,
+    /// PATCHes per second while following.
+    #[arg(long, default_value_t = 50)]
+    patch_rate: u32,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +191,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Loadtest(args) => run_loadtest(*args),
+        Command::Feed(args) => run_feed(args),
         Command::Peers { command } => run_peers(command),
     };
     match result {
@@ -271,6 +307,59 @@ fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.to_text(&opts));
     }
     Ok(exit_code(report.error_count()))
+}
+
+fn run_feed(a: FeedArgs) -> anyhow::Result<ExitCode> {
+    let key = std::fs::read(&a.key)?;
+    let base = MintOptions {
+        iss: a.iss.clone(),
+        kid: a.kid.clone(),
+        ttl: 4 * 3600,
+        ..MintOptions::default()
+    };
+    let token = mint(
+        &key,
+        &MintOptions {
+            scope: a.scope.clone(),
+            ..base.clone()
+        },
+    )?;
+    let mut users = Vec::new();
+    if a.follow > 0 {
+        let path = a
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--follow needs --snapshot (whose persons to PATCH)"))?;
+        let snap = Snapshot::open(path)?;
+        let ids: Vec<PersonId> = snap.ids().collect();
+        let step = (ids.len() / 1000).max(1);
+        for &id in ids.iter().step_by(step) {
+            if users.len() == 1000 {
+                break;
+            }
+            if snap.get(id).is_some_and(|r| !r.is_slettet()) {
+                let digits = String::from_utf8(id.digits().to_vec())?;
+                let t = mint(
+                    &key,
+                    &MintOptions {
+                        scope: "krr:user/spraak.write".into(),
+                        pid: Some(digits),
+                        user: true,
+                        ..base.clone()
+                    },
+                )?;
+                users.push((id, t));
+            }
+        }
+    }
+    runtime()?.block_on(feed::run(feed::FeedOptions {
+        target: a.target,
+        token,
+        follow: Duration::from_secs(a.follow),
+        patch_rate: a.patch_rate,
+        users,
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_peers(command: PeersCommand) -> anyhow::Result<ExitCode> {
