@@ -135,5 +135,41 @@ fn batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, batch);
+/// One page of the change feed (1000 persons, all groups) from a random cursor: the
+/// index walk and the merge with the overlay, then the same rendering as `/personer`.
+fn feed_page(c: &mut Criterion) {
+    let mut g = c.benchmark_group("feed_page_1000_all_groups");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for n in common::sizes() {
+        let snap = Snapshot::open(&common::snapshot(n)).unwrap();
+        // As if the journal had reserved ids 1.. for this snapshot's changes.
+        snap.set_feed_base(1);
+        let len = snap.feed_len() as u64;
+        let empty = Overlay::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut out = Vec::with_capacity(4 << 20);
+        g.bench_function(format!("snapshot_index/{}", common::label(n)), |b| {
+            b.iter_batched_ref(
+                || rng.random_range(0..len),
+                |fra| {
+                    let page =
+                        krr::store::feed::page(&snap, &empty, u64::MAX, *fra, BATCH).unwrap();
+                    out.clear();
+                    krr::store::lookup::write_entries(
+                        &snap,
+                        &empty,
+                        &page.ids,
+                        BatchOptions::v1(Groups::ALL),
+                        &mut out,
+                    );
+                    out.len()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, batch, feed_page);
 criterion_main!(benches);

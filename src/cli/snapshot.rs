@@ -166,7 +166,8 @@ fn build(
     let f = &report.feed;
     match f.previous {
         Some(prev) => eprintln!(
-            "change feed: against {prev:016x}: {} new, {} changed, {} gone, {} renumbered              (the previous snapshot's changes had no ids in the journal given), {} kept their ids",
+            "change feed: against {prev:016x}: {} new, {} changed, {} gone, {} renumbered \
+             (the previous snapshot's changes had no ids in the journal given), {} kept their ids",
             f.new, f.changed, f.gone, f.renumbered, f.kept
         ),
         None => eprintln!(

@@ -283,7 +283,7 @@ fn person(
                 LAST[(household % 16) as usize],
                 household
             );
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 name
             } else {
                 name.to_uppercase()
@@ -299,7 +299,7 @@ fn person(
         // Households' shared numbers start with 4, everyone else's with 9 (unique up to
         // 9 999 991 persons).
         let (lead, rest, prefix) = if shares(2, 5) {
-            let prefix = if index % 2 == 0 { "+47" } else { "" };
+            let prefix = if index.is_multiple_of(2) { "+47" } else { "" };
             (4, unique(household, 9_999_991), prefix)
         } else {
             let prefix = if rng.random_bool(0.9) { "+47" } else { "" };
@@ -471,6 +471,8 @@ fn mix(mut z: u64) -> u64 {
 /// addresses and mobile numbers, reservations set and lifted, validations, languages,
 /// deletions, persons gone), and a tenth of that share of new persons. Unchanged lines are
 /// copied byte for byte. Deterministic for the same input, seed and rate.
+// The float → integer casts are of the rate clamped to 0..=1 times a non-negative count.
+#[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
 pub fn change_file(
     from: &Path,
     out: &Path,

@@ -1,6 +1,7 @@
 //! `POST /rest/v2/krr/hentEndringer`: the change feed, for agencies that keep a copy of the
 //! register (see [`crate::store::feed`] for what a replica may answer).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hyper::Request;
@@ -16,6 +17,12 @@ use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, req
 use crate::model::Groups;
 use crate::store::feed::{FeedUnavailable, MAX_PAGE, page};
 use crate::store::lookup::{BatchOptions, write_entries};
+
+fn unavailable(message: &'static str) -> ApiError {
+    let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+    err.retry_after = Some(1);
+    err
+}
 
 /// Parses `{"fraEndringsId": N}`: a non-negative JSON integer; other keys are ignored.
 pub fn parse_feed_request(body: &mut [u8]) -> Result<u64, ApiError> {
@@ -54,28 +61,48 @@ pub async fn hent_endringer(state: &AppState, req: Request<Incoming>) -> Result<
     require_json(req.headers())?;
     let mut body = read_body(state, req).await?;
     let fra = parse_feed_request(&mut body)?;
-    let snapshot = state.store.current();
-    let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
-    let visible = state
-        .journal
-        .as_ref()
-        .map_or(0, |j| j.stats().visible_seq.load(Ordering::Acquire));
-    let page = page(snapshot, state.store.overlay(), visible, fra, MAX_PAGE).map_err(|e| {
-        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        err.retry_after = Some(5);
-        match e {
-            FeedUnavailable::NotNumbered => err,
+    let mut tries = 0;
+    let (page, snapshot, mut out) = loop {
+        let guard = state.store.current();
+        let snapshot = guard.as_ref().ok_or_else(ApiError::no_snapshot)?.clone();
+        drop(guard);
+        let visible = state
+            .journal
+            .as_ref()
+            .map_or(0, |j| j.stats().visible_seq.load(Ordering::Acquire));
+        let page = page(&snapshot, state.store.overlay(), visible, fra, MAX_PAGE).map_err(|e| {
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            err.retry_after = Some(5);
+            match e {
+                FeedUnavailable::NotNumbered => err,
+            }
+        })?;
+        let mut out = Vec::with_capacity(page.ids.len() * 1024 + 128);
+        out.extend_from_slice(b"{\"list\":[");
+        write_entries(
+            &snapshot,
+            state.store.overlay(),
+            &page.ids,
+            BatchOptions::v1(groups),
+            &mut out,
+        );
+        // A swap during the page drops from the overlay what the new snapshot holds: a
+        // page that read the old snapshot and an overlay without those changes could
+        // pass a change's id without showing it. Such a page is made again.
+        let still = state
+            .store
+            .current()
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(now, &snapshot));
+        tries += 1;
+        if still || tries == 5 {
+            if !still {
+                return Err(unavailable("the register is being swapped; try again"));
+            }
+            break (page, snapshot, out);
         }
-    })?;
-    let mut out = Vec::with_capacity(page.ids.len() * 1024 + 128);
-    out.extend_from_slice(b"{\"list\":[");
-    write_entries(
-        snapshot,
-        state.store.overlay(),
-        &page.ids,
-        BatchOptions::v1(groups),
-        &mut out,
-    );
+    };
+    drop(snapshot);
     out.extend_from_slice(b"],\"fraEndringsId\":");
     out.extend_from_slice(page.fra.to_string().as_bytes());
     out.extend_from_slice(b",\"tilEndringsId\":");

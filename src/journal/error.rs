@@ -63,6 +63,23 @@ pub enum JournalError {
         "journal {0} is in use by another process (its LOCK file is locked): is another krr serve or demo running on it? Stop it, or give this one another --journal-dir (krr demo: --demo-dir)"
     )]
     Locked(PathBuf),
+    /// Change ids are not reserved for a snapshot built before another snapshot's
+    /// reservation: it is older than what the feed already shows.
+    #[error(
+        "snapshot {snapshot:016x} folded the journal up to {folded}, but snapshot {newer:016x} \
+         reserved change ids from {first} after that: serve the newer snapshot (the change \
+         feed answers 503 on this one)"
+    )]
+    OutOfOrder {
+        /// The snapshot that asked.
+        snapshot: u64,
+        /// Its folded sequence number.
+        folded: u64,
+        /// The snapshot of the later reservation.
+        newer: u64,
+        /// That reservation's first id.
+        first: u64,
+    },
     /// The journal database could not be reached (or too many changes wait for it); the
     /// change was not made.
     #[error("the journal database is unavailable: {0}")]

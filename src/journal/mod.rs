@@ -58,9 +58,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The first change id of snapshot `snapshot`'s own `count` changes: the reservation
     /// made for it before (by this process, an earlier run, or another replica), or a new
-    /// one appended now through the same writer that numbers PATCHes. Blocking: called on
-    /// the reload thread before the snapshot is swapped in.
-    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError>;
+    /// one appended now through the same writer that numbers PATCHes. A new one is refused
+    /// ([`JournalError::OutOfOrder`]) when another snapshot reserved ids after `folded` (the
+    /// snapshot's folded sequence number): that one was built later, and this older one's
+    /// changes must not get ids above it. Blocking: called on the reload thread before the
+    /// snapshot is swapped in.
+    fn reserve(&self, snapshot: u64, count: u64, folded: u64) -> Result<u64, JournalError>;
 
     /// Counters for metrics and the shutdown log.
     fn stats(&self) -> &JournalStats;

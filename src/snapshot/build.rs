@@ -231,7 +231,7 @@ pub fn build_bytes(
     let (feed_keys, feed_ids, mut feed) = order_feed(&mut pieces, prev.as_ref(), &fold)?;
     feed.shared_emails = shared_emails;
     feed.shared_mobiles = shared_mobiles;
-    drop(prev);
+    // The previous snapshot is unmapped before the new body is written.
     drop(previous);
     let compared = std::time::Instant::now();
     let feed_counts = FeedCounts {

@@ -15,10 +15,10 @@
 //!    (in export order), and each record learns its position in it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use crate::model::Groups;
 use crate::model::fnr::PersonId;
 use crate::render;
 use crate::snapshot::error::BuildError;
@@ -180,9 +180,14 @@ pub(super) fn order_feed(
         ..FeedReport::default()
     };
     // Per piece: each entry's mark, and the counts of new / changed / renumbered.
+    // The previous snapshot's feed positions whose person is in the export (set while
+    // classifying): the others are gone.
+    let seen: Vec<AtomicU64> = (0..previous.map_or(0, |p| p.snapshot.feed_len()).div_ceil(64))
+        .map(|_| AtomicU64::new(0))
+        .collect();
     let marks: Vec<(Vec<Mark>, [u64; 3])> = pieces
         .par_iter()
-        .map(|p| classify(p, previous, fold))
+        .map(|p| classify(p, previous, fold, &seen))
         .collect();
     for (_, c) in &marks {
         report.new += c[0];
@@ -202,17 +207,12 @@ pub(super) fn order_feed(
         }
     }
     if let Some(prev) = previous {
-        let mut present: Vec<u64> = pieces
-            .par_iter()
-            .flat_map_iter(|p| p.entries.iter().map(|e| e.key))
-            .collect();
-        present.par_sort_unstable();
         let s = prev.snapshot;
         for pos in 0..s.feed_len() {
-            let key = s.feed_key(pos);
-            if present.binary_search(&key).is_ok() {
+            if seen[pos / 64].load(Ordering::Relaxed) & (1 << (pos % 64)) != 0 {
                 continue;
             }
+            let key = s.feed_key(pos);
             let was_there = PersonId::from_key(key).and_then(|id| s.get(id)).is_some();
             let id = resolve(s, pos, prev.base);
             match (was_there, id) {
@@ -230,6 +230,10 @@ pub(super) fn order_feed(
     }
     kept.par_sort_unstable_by_key(|k| k.0);
     if let Some(w) = kept.windows(2).find(|w| w[0].0 == w[1].0) {
+        // An export that gives a person twice keeps that person's id twice: say that.
+        if let Some(e) = duplicate_lines(pieces) {
+            return Err(e);
+        }
         return Err(BuildError::Limit(format!(
             "two persons of the previous snapshot share change id {}: it is damaged",
             w[0].0
@@ -264,6 +268,30 @@ pub(super) fn order_feed(
     Ok((feed_keys, feed_ids, report))
 }
 
+/// The lines that give a personal number already given, as the build reports them.
+fn duplicate_lines(pieces: &[Piece]) -> Option<BuildError> {
+    let mut all: Vec<(u64, u64)> = pieces
+        .iter()
+        .flat_map(|p| p.entries.iter().map(|e| (e.key, e.line)))
+        .collect();
+    all.sort_unstable();
+    let mut errors: Vec<crate::snapshot::error::LineError> = all
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| crate::snapshot::error::LineError {
+            line: w[1].1,
+            reason: format!("personidentifikator already given on line {}", w[0].1),
+        })
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    errors.sort_by_key(|e| e.line);
+    let total = errors.len() as u64;
+    errors.truncate(crate::snapshot::error::MAX_REPORTED_ERRORS);
+    Some(BuildError::Invalid { errors, total })
+}
+
 /// The id at `pos` of `s`'s index: its own changes need its reservation's base.
 fn resolve(s: &Snapshot, pos: usize, base: Option<u64>) -> Option<u64> {
     let own_from = s.feed_len() - s.header().feed.pending as usize;
@@ -274,27 +302,65 @@ fn resolve(s: &Snapshot, pos: usize, base: Option<u64>) -> Option<u64> {
     }
 }
 
+/// True when the full answer (every group) of the new record equals the previous
+/// snapshot's record `old` with `spraak` (a journal change it did not hold) over it. The
+/// stored segments are compared as bytes, the certificate by the previous snapshot's number
+/// of the same certificate (`new_cert`: `None` no certificate, `Some(None)` one the
+/// previous snapshot does not have): what `write_stored` would render, without rendering.
+fn same_answer(
+    new: &Record<'_>,
+    new_cert: Option<Option<u16>>,
+    old: &Record<'_>,
+    spraak: Option<&[u8]>,
+) -> bool {
+    let (n, o) = (new.stored(), old.stored());
+    let body = |lens: &[u16; 5]| lens[..4].iter().map(|&l| usize::from(l)).sum::<usize>();
+    let (nb, ob) = (body(&n.lens), body(&o.lens));
+    if n.segments[..nb] != o.segments[..ob] {
+        return false;
+    }
+    let old_spraak = match spraak {
+        Some(seg) if !o.slettet => seg,
+        _ => &o.segments[ob..],
+    };
+    if n.segments[nb..] != *old_spraak {
+        return false;
+    }
+    match (new_cert, old.cert()) {
+        (None, None) => true,
+        (Some(Some(a)), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Marks each entry of `p`; counts new, changed and renumbered persons.
-fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mark>, [u64; 3]) {
+fn classify(
+    p: &Piece,
+    previous: Option<&Previous<'_>>,
+    fold: &Fold,
+    seen: &[AtomicU64],
+) -> (Vec<Mark>, [u64; 3]) {
     let Some(prev) = previous else {
         return (
             vec![Mark::Own; p.entries.len()],
             [p.entries.len() as u64, 0, 0],
         );
     };
-    let certs: Vec<Vec<u8>> = p
+    let s = prev.snapshot;
+    // Each of the piece's certificates, as the previous snapshot's number of the same one
+    // (compared once per certificate, not once per person).
+    let cert_map: Vec<Option<u16>> = p
         .certs
         .iter()
         .map(|c| {
             let mut seg = Vec::with_capacity(c.len() + 16);
             render::write_sertifikat(c, &mut seg);
-            seg
+            (0..s.header().counts.certs)
+                .filter_map(|k| u16::try_from(k).ok())
+                .find(|&k| s.cert_segment(k) == seg.as_slice())
         })
         .collect();
-    let s = prev.snapshot;
     let mut counts = [0u64; 3];
-    let mut new_answer = Vec::with_capacity(4096);
-    let mut old_answer = Vec::with_capacity(4096);
     let mut spraak = Vec::with_capacity(64);
     let marks = p
         .entries
@@ -304,14 +370,12 @@ fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mar
                 counts[0] += 1;
                 return Mark::Own;
             };
+            let pos = old.feed_position();
+            if let Some(word) = seen.get(pos / 64) {
+                word.fetch_or(1 << (pos % 64), Ordering::Relaxed);
+            }
             let rec =
                 Record::decode(&p.records, e.offset as usize).expect("the builder's own record");
-            new_answer.clear();
-            let cert = rec
-                .cert()
-                .and_then(|c| certs.get(usize::from(c)))
-                .map(Vec::as_slice);
-            render::write_stored(rec.stored(), cert, Groups::ALL, None, &mut new_answer);
             // What the previous snapshot showed: its record, with the journal's change over
             // it where it did not hold that change.
             let change = fold.latest(e.key).filter(|c| !s.holds(c));
@@ -321,14 +385,16 @@ fn classify(p: &Piece, previous: Option<&Previous<'_>>, fold: &Fold) -> (Vec<Mar
             {
                 render::write_spraak(Some(lang), Some(c.at), &mut spraak);
             }
-            old_answer.clear();
-            s.write_record(
+            let new_cert = rec
+                .cert()
+                .map(|c| cert_map.get(usize::from(c)).copied().flatten());
+            let same = same_answer(
+                &rec,
+                new_cert,
                 &old,
-                Groups::ALL,
                 change.is_some().then_some(spraak.as_slice()),
-                &mut old_answer,
             );
-            if new_answer != old_answer {
+            if !same {
                 counts[1] += 1;
                 return Mark::Own;
             }

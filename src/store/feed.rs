@@ -90,24 +90,39 @@ pub fn page(
     }
     let filter = overlay.filter();
     let overlay_any = !filter.is_empty();
-    // The overlay's changes in range, less those the snapshot has a later id for.
-    let changes = if overlay_any {
-        overlay.changes_between(fra, upto, max, |seq, key| {
-            PersonId::from_key(key).is_some_and(|id| {
-                snapshot
-                    .get(id)
-                    .and_then(|rec| snapshot.feed_id_of(&rec, base))
-                    .is_none_or(|held| held <= seq)
-            })
+    let start = snapshot.feed_start(fra, base);
+    // This page lists ids up to `bound`: the horizon, or the id of the snapshot's `max`-th
+    // entry after the cursor when it has that many (the overlay's changes beyond it could
+    // not be on this page, and are not looked at).
+    let bound = match start.checked_add(max).filter(|&p| p <= end) {
+        Some(p) => snapshot.feed_id(p - 1, base).min(upto),
+        None => upto,
+    };
+    // The snapshot's id of a person (its latest change there), if it is listable now.
+    let held = |pid: PersonId| {
+        snapshot
+            .get(pid)
+            .and_then(|rec| snapshot.feed_id_of(&rec, base))
+    };
+    // The overlay's changes in range, as copied now: a person whose snapshot id is at least
+    // the change's (and listable) is listed there instead.
+    let changes: Vec<(u64, u64)> = if overlay_any {
+        overlay.changes_between(fra, bound, max, |seq, key| {
+            PersonId::from_key(key).is_some_and(|pid| held(pid).is_none_or(|h| h < seq || h > upto))
         })
     } else {
         Vec::new()
     };
+    // A person's change in that copy; a person with a change in range that is not in it
+    // (beyond `max`) is looked up in the overlay, within the horizon.
+    let copied: std::collections::HashMap<u64, u64> =
+        changes.iter().map(|&(seq, key)| (key, seq)).collect();
     let mut changes = changes.into_iter().peekable();
-    let mut pos = snapshot.feed_start(fra, base);
+    let mut pos = start;
     while page.ids.len() < max {
-        let from_snapshot =
-            (pos < end.min(len)).then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)));
+        let from_snapshot = (pos < end.min(len))
+            .then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)))
+            .filter(|s| s.0 <= bound);
         let (id, key) = match (from_snapshot, changes.peek().copied()) {
             (Some(s), Some(c)) if c.0 < s.0 => {
                 changes.next();
@@ -115,14 +130,18 @@ pub fn page(
             }
             (Some(s), _) => {
                 pos += 1;
-                // Listed later, at its newer change in the overlay.
+                // Listed at its newer change in the overlay instead (on this page or a
+                // later one).
                 let later = overlay_any
-                    && PersonId::from_key(s.1).is_some_and(|pid| {
-                        filter.may_hold(pid)
-                            && overlay
-                                .get(pid)
-                                .is_some_and(|c| c.seq > s.0 && c.seq <= upto)
-                    });
+                    && match copied.get(&s.1) {
+                        Some(&seq) => seq > s.0,
+                        None => PersonId::from_key(s.1).is_some_and(|pid| {
+                            filter.may_hold(pid)
+                                && overlay
+                                    .get(pid)
+                                    .is_some_and(|c| c.seq > s.0 && c.seq <= upto)
+                        }),
+                    };
                 if later {
                     continue;
                 }

@@ -364,7 +364,7 @@ fn number(journal: &dyn Backend, snapshot: &Snapshot) {
         return;
     }
     let pending = snapshot.header().feed.pending;
-    match journal.reserve(snapshot.raw_id(), pending) {
+    match journal.reserve(snapshot.raw_id(), pending, snapshot.header().journal_seq) {
         Ok(base) => {
             snapshot.set_feed_base(base);
             tracing::info!(snapshot = %snapshot.id(), first = base, changes = pending,

@@ -447,11 +447,24 @@ async fn a_reservation_not_yet_served_fences_the_feed() {
     let (_, seen) = copy(&s, &token, cursor).await;
     // Another replica reserves ids for a snapshot this one has not swapped to.
     let journal = s.state.journal.clone().unwrap();
-    let first = tokio::task::spawn_blocking(move || journal.reserve(0xabcd, 50))
+    let first = tokio::task::spawn_blocking(move || journal.reserve(0xabcd, 50, u64::MAX))
         .await
         .unwrap()
         .unwrap();
     assert!(first > seen);
+    // A snapshot built before that reservation (it folded less) gets no ids after it.
+    let journal = s.state.journal.clone().unwrap();
+    let refused = tokio::task::spawn_blocking(move || journal.reserve(0x1234, 5, first - 1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            krr::journal::JournalError::OutOfOrder { newer: 0xabcd, .. }
+        ),
+        "{refused}"
+    );
     set_language(&s, &people[6], "en").await;
     let v = page(&s, &token, seen).await;
     assert_eq!(

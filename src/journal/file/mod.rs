@@ -31,14 +31,24 @@ impl Backend for Journal {
         Ok(entries)
     }
 
-    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError> {
-        let made = scan(&self.dir, Mode::ReadOnly)?
-            .entries
-            .iter()
-            .find(|e| matches!(e.change, Change::Reserve { snapshot: s, .. } if s == snapshot))
-            .map(|e| e.seq);
-        if let Some(first) = made {
-            return Ok(first);
+    fn reserve(&self, snapshot: u64, count: u64, folded: u64) -> Result<u64, JournalError> {
+        let entries = scan(&self.dir, Mode::ReadOnly)?.entries;
+        let mut newest_other = None;
+        for e in &entries {
+            if let Change::Reserve { snapshot: s, .. } = e.change {
+                if s == snapshot {
+                    return Ok(e.seq);
+                }
+                newest_other = Some((e.seq, s));
+            }
+        }
+        if let Some((first, newer)) = newest_other.filter(|&(first, _)| first > folded) {
+            return Err(JournalError::OutOfOrder {
+                snapshot,
+                folded,
+                newer,
+                first,
+            });
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Change::Reserve { snapshot, count }, reply)?;

@@ -107,6 +107,10 @@ RETURNING seq, pg_notify('krr_journal', seq::text)::text";
 
 const RESERVED: &str = "SELECT seq FROM krr_journal WHERE reserved_for = $1";
 
+/// A reservation made after `$1` (a snapshot's folded sequence number), if any.
+const NEWEST_RESERVATION: &str = "SELECT seq, reserved_for FROM krr_journal \
+     WHERE reserved_for IS NOT NULL AND seq > $1 ORDER BY seq DESC LIMIT 1";
+
 /// PATCHes waiting for the database at most; more are answered 503 at once (a database
 /// that hangs must not make the queue, and the waits, grow without bound).
 const QUEUE: usize = 8192;
@@ -478,7 +482,7 @@ impl Backend for PgJournal {
         })
     }
 
-    fn reserve(&self, snapshot: u64, count: u64) -> Result<u64, JournalError> {
+    fn reserve(&self, snapshot: u64, count: u64, folded: u64) -> Result<u64, JournalError> {
         let pool = self.pool.clone();
         let width = Change::Reserve { snapshot, count }.width();
         let made = async move {
@@ -492,11 +496,25 @@ impl Backend for PgJournal {
             let id = snapshot.cast_signed();
             let first: i64 = match tx.query_opt(RESERVED, &[&id]).await.map_err(db)? {
                 Some(row) => row.get(0),
-                None => tx
-                    .query_one(RESERVE, &[&id, &width.cast_signed(), &count.cast_signed()])
-                    .await
-                    .map_err(db)?
-                    .get(0),
+                None => {
+                    if let Some(row) = tx
+                        .query_opt(NEWEST_RESERVATION, &[&folded.cast_signed()])
+                        .await
+                        .map_err(db)?
+                    {
+                        let (first, newer): (i64, i64) = (row.get(0), row.get(1));
+                        return Err(JournalError::OutOfOrder {
+                            snapshot,
+                            folded,
+                            newer: newer.cast_unsigned(),
+                            first: first.cast_unsigned(),
+                        });
+                    }
+                    tx.query_one(RESERVE, &[&id, &width.cast_signed(), &count.cast_signed()])
+                        .await
+                        .map_err(db)?
+                        .get(0)
+                }
             };
             tx.commit().await.map_err(db)?;
             u64::try_from(first)

@@ -352,13 +352,17 @@ fn run_feed(a: FeedArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    runtime()?.block_on(feed::run(feed::FeedOptions {
-        target: a.target,
-        token,
-        follow: Duration::from_secs(a.follow),
-        patch_rate: a.patch_rate,
-        users,
-    }))?;
+    // One client, one request at a time: one thread, no hand-overs between workers.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(feed::run(feed::FeedOptions {
+            target: a.target,
+            token,
+            follow: Duration::from_secs(a.follow),
+            patch_rate: a.patch_rate,
+            users,
+        }))?;
     Ok(ExitCode::SUCCESS)
 }
 
