@@ -1,11 +1,11 @@
 //! The build's register-wide passes, between parsing and assembling:
 //!
-//! 1. **`*_duplisert`** ([`mark_duplicates`]): every AKTIV person's e-mail key (lower
+//! 1. **`*_duplisert`** (`mark_duplicates`): every AKTIV person's e-mail key (lower
 //!    case) and mobile key (`+47`/`0047` removed) is hashed (128-bit xxh3) while parsing;
 //!    the hashes of the whole register are sorted and the ones seen twice are duplicates.
 //!    Records were rendered with `"NEI"`; the persons whose address or number is shared
 //!    get `"JA"` in place (their piece is rewritten once, one byte shorter per field).
-//! 2. **The change feed** ([`order_feed`]): every person's full answer (all groups) is
+//! 2. **The change feed** (`order_feed`): every person's full answer (all groups) is
 //!    compared with what the previous snapshot showed (its record, with the journal's
 //!    change over it where that snapshot did not hold it). An unchanged person keeps the
 //!    change id it had there (or its folded PATCH's, if later); a changed or new person,

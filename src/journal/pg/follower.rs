@@ -98,6 +98,8 @@ async fn follow_once(
             );
             metrics::counter!(crate::metrics::JOURNAL_REWOUND).increment(1);
             *applied = head;
+            // The feed answers no further than what is here again.
+            stats.visible_seq.store(head, Ordering::Release);
             metrics::gauge!(crate::metrics::JOURNAL_APPLIED_SEQ).set(head as f64);
         }
         let mut caught_up = false;
