@@ -90,75 +90,86 @@ pub fn page(
     }
     let filter = overlay.filter();
     let overlay_any = !filter.is_empty();
-    let start = snapshot.feed_start(fra, base);
-    // This page lists ids up to `bound`: the horizon, or the id of the snapshot's `max`-th
-    // entry after the cursor when it has that many (the overlay's changes beyond it could
-    // not be on this page, and are not looked at).
-    let bound = match start.checked_add(max).filter(|&p| p <= end) {
-        Some(p) => snapshot.feed_id(p - 1, base).min(upto),
-        None => upto,
-    };
-    // The snapshot's id of a person (its latest change there), if it is listable now.
-    let held = |pid: PersonId| {
-        snapshot
-            .get(pid)
-            .and_then(|rec| snapshot.feed_id_of(&rec, base))
-    };
-    // The overlay's changes in range, as copied now: a person whose snapshot id is at least
-    // the change's (and listable) is listed there instead.
-    let changes: Vec<(u64, u64)> = if overlay_any {
-        overlay.changes_between(fra, bound, max, |seq, key| {
-            PersonId::from_key(key).is_some_and(|pid| held(pid).is_none_or(|h| h < seq || h > upto))
-        })
-    } else {
-        Vec::new()
-    };
-    // A person's change in that copy; a person with a change in range that is not in it
-    // (beyond `max`) is looked up in the overlay, within the horizon.
-    let copied: std::collections::HashMap<u64, u64> =
-        changes.iter().map(|&(seq, key)| (key, seq)).collect();
-    let mut changes = changes.into_iter().peekable();
-    let mut pos = start;
-    while page.ids.len() < max {
-        let from_snapshot = (pos < end.min(len))
-            .then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)))
-            .filter(|s| s.0 <= bound);
-        let (id, key) = match (from_snapshot, changes.peek().copied()) {
-            (Some(s), Some(c)) if c.0 < s.0 => {
-                changes.next();
-                c
-            }
-            (Some(s), _) => {
-                pos += 1;
-                // Listed at its newer change in the overlay instead (on this page or a
-                // later one).
-                let later = overlay_any
-                    && match copied.get(&s.1) {
-                        Some(&seq) => seq > s.0,
-                        None => PersonId::from_key(s.1).is_some_and(|pid| {
-                            filter.may_hold(pid)
-                                && overlay
-                                    .get(pid)
-                                    .is_some_and(|c| c.seq > s.0 && c.seq <= upto)
-                        }),
-                    };
-                if later {
-                    continue;
+    // The page is made window by window: a window whose entries are all listed later (at
+    // newer changes in the overlay, beyond it) gives nothing, and the next window is read,
+    // so a page is empty only when nothing is left below the horizon.
+    let mut after = fra;
+    loop {
+        let start = snapshot.feed_start(after, base);
+        // This page lists ids up to `bound`: the horizon, or the id of the snapshot's `max`-th
+        // entry after the cursor when it has that many (the overlay's changes beyond it could
+        // not be on this page, and are not looked at).
+        let bound = match start.checked_add(max).filter(|&p| p <= end) {
+            Some(p) => snapshot.feed_id(p - 1, base).min(upto),
+            None => upto,
+        };
+        // The snapshot's id of a person (its latest change there), if it is listable now.
+        let held = |pid: PersonId| {
+            snapshot
+                .get(pid)
+                .and_then(|rec| snapshot.feed_id_of(&rec, base))
+        };
+        // The overlay's changes in range, as copied now: a person whose snapshot id is at least
+        // the change's (and listable) is listed there instead.
+        let changes: Vec<(u64, u64)> = if overlay_any {
+            overlay.changes_between(after, bound, max, |seq, key| {
+                PersonId::from_key(key)
+                    .is_some_and(|pid| held(pid).is_none_or(|h| h < seq || h > upto))
+            })
+        } else {
+            Vec::new()
+        };
+        // A person's change in that copy; a person with a change in range that is not in it
+        // (beyond `max`) is looked up in the overlay, within the horizon.
+        let copied: std::collections::HashMap<u64, u64> =
+            changes.iter().map(|&(seq, key)| (key, seq)).collect();
+        let mut changes = changes.into_iter().peekable();
+        let mut pos = start;
+        while page.ids.len() < max {
+            let from_snapshot = (pos < end.min(len))
+                .then(|| (snapshot.feed_id(pos, base), snapshot.feed_key(pos)))
+                .filter(|s| s.0 <= bound);
+            let (id, key) = match (from_snapshot, changes.peek().copied()) {
+                (Some(s), Some(c)) if c.0 < s.0 => {
+                    changes.next();
+                    c
                 }
-                s
-            }
-            (None, Some(c)) => {
-                changes.next();
-                c
-            }
-            (None, None) => break,
-        };
-        let Some(pid) = PersonId::from_key(key) else {
-            continue;
-        };
-        page.ids.push(pid);
-        page.change_ids.push(id);
-        page.til = id;
+                (Some(s), _) => {
+                    pos += 1;
+                    // Listed at its newer change in the overlay instead (on this page or a
+                    // later one).
+                    let later = overlay_any
+                        && match copied.get(&s.1) {
+                            Some(&seq) => seq > s.0,
+                            None => PersonId::from_key(s.1).is_some_and(|pid| {
+                                filter.may_hold(pid)
+                                    && overlay
+                                        .get(pid)
+                                        .is_some_and(|c| c.seq > s.0 && c.seq <= upto)
+                            }),
+                        };
+                    if later {
+                        continue;
+                    }
+                    s
+                }
+                (None, Some(c)) => {
+                    changes.next();
+                    c
+                }
+                (None, None) => break,
+            };
+            let Some(pid) = PersonId::from_key(key) else {
+                continue;
+            };
+            page.ids.push(pid);
+            page.change_ids.push(id);
+            page.til = id;
+        }
+        if !page.ids.is_empty() || bound >= upto {
+            break;
+        }
+        after = bound;
     }
     Ok(page)
 }
