@@ -59,20 +59,17 @@ pub(super) fn mark_duplicates(pieces: &mut [Piece]) -> (u64, u64) {
     if emails.is_empty() && mobiles.is_empty() {
         return (0, 0);
     }
-    let persons: u64 = pieces
+    pieces
         .par_iter_mut()
-        .map(|p| patch_piece(p, &emails, &mobiles))
-        .sum();
-    let _ = persons;
+        .for_each(|p| patch_piece(p, &emails, &mobiles));
     (emails.len() as u64, mobiles.len() as u64)
 }
 
 const EMAIL_NEI: &[u8] = b"\"epostadresse_duplisert\":\"NEI\"";
 const MOBILE_NEI: &[u8] = b"\"mobiltelefonnummer_duplisert\":\"NEI\"";
 
-/// Rewrites the piece's records with `"JA"` where a person's key is shared; returns the
-/// persons changed.
-fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) -> u64 {
+/// Rewrites the piece's records with `"JA"` where a person's key is shared.
+fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) {
     let mut marks: Vec<(usize, bool, bool)> = p
         .contacts
         .iter()
@@ -85,7 +82,7 @@ fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) -
         })
         .collect();
     if marks.is_empty() {
-        return 0;
+        return;
     }
     marks.sort_unstable_by_key(|m| m.0);
     let mut out = Vec::with_capacity(p.records.len());
@@ -124,7 +121,6 @@ fn patch_piece(p: &mut Piece, emails: &HashSet<u128>, mobiles: &HashSet<u128>) -
         debug_assert_eq!(rec::KONTAKT, 4);
     }
     p.records = out;
-    marks.len() as u64
 }
 
 /// Where a person's change id comes from.

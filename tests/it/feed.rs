@@ -492,7 +492,11 @@ async fn small_pages_list_every_person_once_when_a_window_is_all_patched() {
         .take(3)
         .map(|v| id(v).to_string())
         .collect();
-    assert_eq!(ids(&all[..3]), first, "the register starts with AKTIV persons");
+    assert_eq!(
+        ids(&all[..3]),
+        first,
+        "the register starts with AKTIV persons"
+    );
     for p in &first {
         set_language(&s, p, "se").await;
     }
@@ -511,8 +515,14 @@ async fn small_pages_list_every_person_once_when_a_window_is_all_patched() {
     loop {
         let p = krr::store::feed::page(&snapshot, overlay, visible, fra, 3).unwrap();
         assert!(p.ids.len() <= 3);
-        assert!(!p.ids.is_empty() || p.til == p.siste, "an empty page before the end");
-        assert!(p.change_ids.windows(2).all(|w| w[0] < w[1]), "ascending ids");
+        assert!(
+            !p.ids.is_empty() || p.til == p.siste,
+            "an empty page before the end"
+        );
+        assert!(
+            p.change_ids.windows(2).all(|w| w[0] < w[1]),
+            "ascending ids"
+        );
         listed.extend(&p.ids);
         fra = p.til;
         if p.til == p.siste {
@@ -530,6 +540,9 @@ async fn small_pages_list_every_person_once_when_a_window_is_all_patched() {
             String::from_utf8(b).unwrap()
         })
         .collect();
-    assert_eq!(last, first, "the patched persons at their new ids, in order");
+    assert_eq!(
+        last, first,
+        "the patched persons at their new ids, in order"
+    );
     s.stop().await;
 }
