@@ -484,6 +484,40 @@ fn digdir_test_persons_get_the_expected_notification_status() {
     let snap = Snapshot::open(&out).unwrap();
     assert_eq!(snap.len() as usize, expected.len());
     assert_eq!(snap.header().counts.certs, 2);
+    // Digdir's test persons share contact details (the sheet's +4799999999 and its
+    // "…-test@minid.norge.no" addresses), as families do in the register: `*_duplisert` is
+    // JA exactly where another AKTIV person of the sheet has the same value.
+    let sources: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shared = shared(&sources);
+    let mut duplicated = 0;
+    for src in &sources {
+        let mut buf = Vec::new();
+        assert!(write_person(
+            &snap,
+            &Overlay::new(),
+            id_of(src),
+            Groups::ALL,
+            &mut buf
+        ));
+        let got: Value = serde_json::from_slice(&buf).unwrap();
+        // (The sheet's times are RFC 3339 with fractions; the answer's are Oslo time.)
+        let want = &expected_full(src, &shared)["kontaktinformasjon"];
+        for field in ["epostadresse_duplisert", "mobiltelefonnummer_duplisert"] {
+            assert_eq!(
+                got["kontaktinformasjon"][field], want[field],
+                "{field}: {got}"
+            );
+        }
+        duplicated +=
+            usize::from(got["kontaktinformasjon"]["mobiltelefonnummer_duplisert"] == "JA");
+    }
+    assert!(
+        duplicated >= 2,
+        "the sheet's shared mobile number is marked"
+    );
     for (id, want) in expected {
         let mut buf = Vec::new();
         assert!(write_person(
