@@ -204,11 +204,22 @@ pub(super) fn order_feed(
     }
     if let Some(prev) = previous {
         let s = prev.snapshot;
+        // Persons of the export that the previous snapshot has no record of: a person gone
+        // earlier who is back is listed once, as one of this snapshot's changes, and their
+        // old entry of the index goes.
+        let back: HashSet<u64> = own
+            .iter()
+            .filter(|&&(key, _, _)| PersonId::from_key(key).and_then(|id| s.get(id)).is_none())
+            .map(|&(key, _, _)| key)
+            .collect();
         for pos in 0..s.feed_len() {
             if seen[pos / 64].load(Ordering::Relaxed) & (1 << (pos % 64)) != 0 {
                 continue;
             }
             let key = s.feed_key(pos);
+            if back.contains(&key) {
+                continue;
+            }
             let was_there = PersonId::from_key(key).and_then(|id| s.get(id)).is_some();
             let id = resolve(s, pos, prev.base);
             match (was_there, id) {

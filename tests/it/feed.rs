@@ -546,3 +546,45 @@ async fn small_pages_list_every_person_once_when_a_window_is_all_patched() {
     );
     s.stop().await;
 }
+
+/// A person who leaves the export and comes back is in the feed's index once.
+#[test]
+fn a_person_gone_and_back_is_indexed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, first) = crate::common::register(dir.path(), "r", 30, 5);
+    let lines: Vec<String> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let build = |name: &str, keep: &dyn Fn(usize) -> bool, previous: &Path, hour: i64| {
+        let input = dir.path().join(format!("{name}.jsonl"));
+        let text: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, l)| l.as_str())
+            .collect();
+        std::fs::write(&input, text.join("\n")).unwrap();
+        let out = dir.path().join(format!("{name}.krr"));
+        let mut opts = build_opts();
+        opts.build_time = Timestamp(BUILD_TIME.0 + hour * 3600);
+        opts.previous = Some(previous.to_path_buf());
+        build_file(&input, &out, &opts).unwrap();
+        out
+    };
+    let without = build("without", &|i| i != 7, &first, 1);
+    let back = build("back", &|_| true, &without, 2);
+    let again = build("again", &|_| true, &back, 3);
+    for path in [&without, &back, &again] {
+        let s = krr::snapshot::Snapshot::open(path).unwrap();
+        let keys: HashSet<u64> = (0..s.feed_len()).map(|p| s.feed_key(p)).collect();
+        assert_eq!(
+            keys.len(),
+            s.feed_len(),
+            "{}: a person twice",
+            path.display()
+        );
+        assert_eq!(s.feed_len(), 30, "{}", path.display());
+    }
+}
