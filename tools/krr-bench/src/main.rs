@@ -221,43 +221,76 @@ fn exit_code(errors: u64) -> ExitCode {
 /// The machine token for the lookups, and for PATCHes a user token for each of up to
 /// `--patch-persons` AKTIV persons spread over the snapshot.
 fn tokens(a: &LoadtestArgs, snap: &Snapshot, ids: &[PersonId]) -> anyhow::Result<Tokens> {
-    let key = std::fs::read(&a.key)?;
-    let base = MintOptions {
-        iss: a.iss.clone(),
-        kid: a.kid.clone(),
-        ttl: 4 * 3600,
-        ..MintOptions::default()
+    let minter = Minter::new(&a.key, &a.iss, a.kid.as_ref())?;
+    let machine = minter.machine(&a.scope)?;
+    let users = if a.patch_percent > 0 {
+        minter.users(snap, ids, a.patch_persons)?
+    } else {
+        Vec::new()
     };
-    let machine = mint(
-        &key,
-        &MintOptions {
-            scope: a.scope.clone(),
-            ..base.clone()
-        },
-    )?;
-    let mut users = Vec::new();
-    if a.patch_percent > 0 {
-        let step = (ids.len() / a.patch_persons.max(1)).max(1);
+    Ok(Tokens { machine, users })
+}
+
+/// Mints the load tools' tokens with one key, issuer and `kid`, valid four hours.
+struct Minter {
+    key: Vec<u8>,
+    base: MintOptions,
+}
+
+impl Minter {
+    fn new(key: &std::path::Path, iss: &str, kid: Option<&String>) -> anyhow::Result<Minter> {
+        Ok(Minter {
+            key: std::fs::read(key)?,
+            base: MintOptions {
+                iss: iss.to_string(),
+                kid: kid.cloned(),
+                ttl: 4 * 3600,
+                ..MintOptions::default()
+            },
+        })
+    }
+
+    /// A machine token with `scope`.
+    fn machine(&self, scope: &str) -> anyhow::Result<String> {
+        Ok(mint(
+            &self.key,
+            &MintOptions {
+                scope: scope.to_string(),
+                ..self.base.clone()
+            },
+        )?)
+    }
+
+    /// A user token with `krr:user/spraak.write` for each of up to `n` AKTIV persons spread
+    /// over the snapshot.
+    fn users(
+        &self,
+        snap: &Snapshot,
+        ids: &[PersonId],
+        n: usize,
+    ) -> anyhow::Result<Vec<(PersonId, String)>> {
+        let mut users = Vec::new();
+        let step = (ids.len() / n.max(1)).max(1);
         for &id in ids.iter().step_by(step) {
-            if users.len() == a.patch_persons {
+            if users.len() == n {
                 break;
             }
             if snap.get(id).is_some_and(|r| !r.is_slettet()) {
                 let digits = String::from_utf8(id.digits().to_vec())?;
                 let t = mint(
-                    &key,
+                    &self.key,
                     &MintOptions {
                         scope: "krr:user/spraak.write".into(),
                         pid: Some(digits),
                         user: true,
-                        ..base.clone()
+                        ..self.base.clone()
                     },
                 )?;
                 users.push((id, t));
             }
         }
+        Ok(users)
     }
-    Ok(Tokens { machine, users })
 }
 
 struct Tokens {
@@ -310,20 +343,8 @@ fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_feed(a: FeedArgs) -> anyhow::Result<ExitCode> {
-    let key = std::fs::read(&a.key)?;
-    let base = MintOptions {
-        iss: a.iss.clone(),
-        kid: a.kid.clone(),
-        ttl: 4 * 3600,
-        ..MintOptions::default()
-    };
-    let token = mint(
-        &key,
-        &MintOptions {
-            scope: a.scope.clone(),
-            ..base.clone()
-        },
-    )?;
+    let minter = Minter::new(&a.key, &a.iss, a.kid.as_ref())?;
+    let token = minter.machine(&a.scope)?;
     let mut users = Vec::new();
     if a.follow > 0 {
         let path = a
@@ -332,25 +353,7 @@ fn run_feed(a: FeedArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow::anyhow!("--follow needs --snapshot (whose persons to PATCH)"))?;
         let snap = Snapshot::open(path)?;
         let ids: Vec<PersonId> = snap.ids().collect();
-        let step = (ids.len() / 1000).max(1);
-        for &id in ids.iter().step_by(step) {
-            if users.len() == 1000 {
-                break;
-            }
-            if snap.get(id).is_some_and(|r| !r.is_slettet()) {
-                let digits = String::from_utf8(id.digits().to_vec())?;
-                let t = mint(
-                    &key,
-                    &MintOptions {
-                        scope: "krr:user/spraak.write".into(),
-                        pid: Some(digits),
-                        user: true,
-                        ..base.clone()
-                    },
-                )?;
-                users.push((id, t));
-            }
-        }
+        users = minter.users(&snap, &ids, 1000)?;
     }
     // One client, one request at a time: one thread, no hand-overs between workers.
     tokio::runtime::Builder::new_current_thread()
