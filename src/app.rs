@@ -66,6 +66,8 @@ pub struct Config {
     /// A new snapshot with more than this share (percent) fewer persons than the served
     /// one is refused (unless a reload allows it).
     pub max_shrink_percent: f64,
+    /// Serve the public API over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             snapshot_url: None,
             snapshot_poll: Duration::from_secs(10),
             max_shrink_percent: crate::store::reload::DEFAULT_MAX_SHRINK_PERCENT,
+            tls: None,
         }
     }
 }
@@ -110,6 +113,9 @@ pub enum StartError {
     /// The response-signing key or certificate is unusable.
     #[error(transparent)]
     Signing(JoseError),
+    /// `--tls-cert`/`--tls-key` cannot be served.
+    #[error("loading the TLS certificate and key")]
+    Tls(#[source] crate::http::tls::TlsError),
     /// `--print-provider` is not an organisation number.
     #[error("--print-provider must be a 9-digit organisation number")]
     PrintProvider,
@@ -240,6 +246,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         (Some(body), Some(signing)) => Some(Bytes::from(signing.signer().sign(body))),
         _ => None,
     };
+    // A bad certificate stops the start before anything is opened or bound.
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::http::tls::Tls::load(cert, key).map_err(StartError::Tls)?),
+        None => None,
+    };
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
     let remote = match &config.snapshot_url {
@@ -314,6 +325,8 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         limits: config.limits,
         journal: Some(journal),
         reloader: Some(reloader),
+        encoder: crate::http::coding::Encoder::new(),
+        tls,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
     Ok(Prepared {
@@ -457,10 +470,15 @@ pub async fn run(config: &Config, prepared: Prepared) -> Result<(), StartError> 
     #[cfg(unix)]
     {
         let reloader = reloader.clone();
+        let state = state.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| StartError::Signal("SIGHUP", e))?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                if let Some(tls) = &state.tls {
+                    // Refused with the reason in the log; the old certificate stays.
+                    let _ = tls.reload();
+                }
                 reloader.reload("SIGHUP").await;
             }
         });

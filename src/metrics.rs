@@ -56,6 +56,16 @@ pub const CONNECTIONS_TIMED_OUT: &str = "krr_connections_timed_out_total";
 /// fsync), by reason.
 pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 
+/// Counter: body bytes of public answers as sent, by content coding.
+pub const BODY_BYTES: &str = "krr_http_body_bytes_total";
+/// Counter: body bytes of the same answers before coding, by content coding.
+pub const BODY_BYTES_IDENTITY: &str = "krr_http_body_identity_bytes_total";
+/// Counter: TLS connections accepted, by the protocol ALPN chose (`http/1.1`, `h2`).
+pub const TLS_CONNECTIONS: &str = "krr_tls_connections_total";
+/// Counter: TLS handshakes that failed or timed out.
+pub const TLS_HANDSHAKE_FAILURES: &str = "krr_tls_handshake_failures_total";
+/// Counter: certificate reloads by result.
+pub const TLS_RELOADS: &str = "krr_tls_reloads_total";
 /// Change feed requests answered with a page.
 pub const FEED_REQUESTS: &str = "krr_feed_requests_total";
 /// Entries the change feed has listed.
@@ -149,6 +159,20 @@ fn describe() {
         "connections closed because the client took none of its answer within --write-timeout"
     );
     describe_counter!(FEED_REQUESTS, "change feed pages answered");
+    describe_counter!(
+        BODY_BYTES,
+        "bytes of public answer bodies as sent, by content coding"
+    );
+    describe_counter!(
+        BODY_BYTES_IDENTITY,
+        "bytes of the same answer bodies before content coding, by coding"
+    );
+    describe_counter!(
+        TLS_CONNECTIONS,
+        "TLS connections accepted, by ALPN protocol"
+    );
+    describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes failed or timed out");
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
     describe_counter!(FEED_ENTRIES, "persons listed by the change feed");
     describe_gauge!(
         FEED_NEWEST_ID,

@@ -103,6 +103,13 @@ pub struct ServeArgs {
     /// Connections to the journal database.
     #[arg(long, env = "KRR_JOURNAL_POOL", default_value_t = 4)]
     journal_pool: usize,
+    /// Serve the public API over TLS with this certificate chain (PEM, leaf first); ALPN
+    /// h2 and http/1.1. Re-read with the key on SIGHUP and POST /admin/reload.
+    #[arg(long, env = "KRR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KRR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Seconds a PATCH waits for the journal database before it is answered 503.
     #[arg(long, env = "KRR_JOURNAL_TIMEOUT", default_value_t = 3.0)]
     journal_timeout: f64,
@@ -154,5 +161,6 @@ fn config(a: ServeArgs) -> Config {
         snapshot_url: a.snapshot_url,
         snapshot_poll: Duration::from_secs_f64(a.snapshot_poll.clamp(0.05, 86_400.0)),
         max_shrink_percent: a.max_shrink,
+        tls: a.tls_cert.zip(a.tls_key),
     }
 }

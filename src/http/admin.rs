@@ -127,13 +127,25 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
                     .query()
                     .is_some_and(|q| q.split('&').any(|kv| kv == "allow-shrink=true"));
                 let outcome = reloader.reload_with("admin", allow_shrink).await;
-                let status = match outcome {
+                let mut status = match outcome {
                     Outcome::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
                     _ => StatusCode::OK,
                 };
+                let mut body = serde_json::to_value(&outcome).expect("outcome serialises");
+                // With TLS the certificate and key are read again too; a refusal keeps the
+                // old pair serving and makes the answer a 500 that says why.
+                if let Some(tls) = &state.tls {
+                    body["tls"] = match tls.reload() {
+                        Ok(()) => serde_json::json!({ "result": "reloaded" }),
+                        Err(e) => {
+                            status = StatusCode::INTERNAL_SERVER_ERROR;
+                            serde_json::json!({ "result": "failed", "reason": e.to_string() })
+                        }
+                    };
+                }
                 json(
                     status,
-                    serde_json::to_vec(&outcome).expect("outcome serialises"),
+                    serde_json::to_vec(&body).expect("a JSON value serialises"),
                 )
             }
             None => ApiError::new(StatusCode::NOT_FOUND, "this service has no reloader")

@@ -18,6 +18,7 @@
 //! most `max_body_bytes`.
 
 pub mod admin;
+pub mod coding;
 pub mod conn;
 pub mod error;
 pub mod feed;
@@ -28,6 +29,7 @@ pub mod print;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +101,10 @@ pub struct AppState {
     pub journal: Option<std::sync::Arc<dyn crate::journal::Backend>>,
     /// The reload path (admin `POST /admin/reload`, SIGHUP, the watcher).
     pub reloader: Option<Arc<crate::store::reload::Reloader>>,
+    /// Compresses answers (`Accept-Encoding`).
+    pub encoder: coding::Encoder,
+    /// The public listener's TLS settings, when it speaks TLS (re-read on reload).
+    pub tls: Option<tls::Tls>,
     /// Set at the first moment of shutdown: readiness answers 503 from then on.
     pub shutting_down: std::sync::atomic::AtomicBool,
 }

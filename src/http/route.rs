@@ -14,6 +14,7 @@ use hyper::{Method, Request, StatusCode};
 use tracing::Instrument;
 
 use crate::http::AppState;
+use crate::http::coding::{self, Coding};
 use crate::http::error::ApiError;
 use crate::http::request::Resp;
 use crate::http::{feed, person, personer, print};
@@ -172,6 +173,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let route = find(ROUTES, &path);
     let label = route.map_or("other", |r| r.path);
     let method = method_label(req.method());
+    let coding = coding::negotiate(req.headers());
     let span = tracing::info_span!(
         "request",
         method,
@@ -201,6 +203,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     .instrument(span.clone())
     .await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
+    let resp = encode(&state, coding, resp).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!(
@@ -221,6 +224,39 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         );
     });
     resp
+}
+
+/// `resp` in `coding` when it is a success worth coding (see [`coding`]); every answer gets
+/// `Vary: Accept-Encoding`.
+async fn encode(state: &AppState, coding: Coding, resp: Resp) -> Resp {
+    use http_body_util::BodyExt;
+    use hyper::body::Body;
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(hyper::header::VARY, coding::vary());
+    let len = body.size_hint().exact().unwrap_or(0) as usize;
+    let coding = match coding.header() {
+        Some(_) if coding::worth(parts.status, len) => coding,
+        _ => Coding::Identity,
+    };
+    metrics::counter!(crate::metrics::BODY_BYTES_IDENTITY, "coding" => coding.label())
+        .increment(len as u64);
+    let Some(name) = coding.header() else {
+        metrics::counter!(crate::metrics::BODY_BYTES, "coding" => "identity").increment(len as u64);
+        return Resp::from_parts(parts, body);
+    };
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    let coded = state.encoder.encode(coding, bytes).await;
+    metrics::counter!(crate::metrics::BODY_BYTES, "coding" => coding.label())
+        .increment(coded.len() as u64);
+    parts.headers.insert(
+        hyper::header::CONTENT_ENCODING,
+        hyper::header::HeaderValue::from_static(name),
+    );
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Resp::from_parts(parts, http_body_util::Full::new(coded))
 }
 
 #[cfg(test)]

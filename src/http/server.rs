@@ -1,5 +1,9 @@
 //! The accept loop: a connection cap, header and write timeouts, a bounded read buffer,
 //! and a graceful drain at shutdown.
+//!
+//! The public listener speaks HTTP/1.1 and HTTP/2: over TLS (`--tls-cert`) as ALPN
+//! decides, on plain TCP by prior knowledge (h2c, recognised by its preface). The admin
+//! listener is plain HTTP/1.1 only.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,7 +12,8 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -43,6 +48,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builders = Arc::new(Builders::new(&state.limits));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -67,29 +73,69 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let header_timeout = state.limits.header_timeout;
-        let io = TokioIo::new(WriteDeadline::new(stream, state.limits.write_timeout));
-        let state = state.clone();
-        let svc = service_fn(move |req| {
+        let write_timeout = state.limits.write_timeout;
+        let handshake_timeout = state.limits.header_timeout;
+        let svc = {
             let state = state.clone();
-            async move {
-                Ok::<_, Infallible>(match which {
-                    Listener::Api => super::route::handle(state, req).await,
-                    Listener::Admin => super::admin::handle(state, req).await,
-                })
-            }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .keep_alive(true)
-            // Bounds what a client can queue: pipelined requests are read into this buffer
-            // and answered one at a time, so at most this much waits per connection.
-            .max_buf_size(MAX_READ_BUFFER)
-            .serve_connection(io, svc);
-        let conn = graceful.watch(conn);
+            service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, Infallible>(match which {
+                        Listener::Api => super::route::handle(state, req).await,
+                        Listener::Admin => super::admin::handle(state, req).await,
+                    })
+                }
+            })
+        };
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let tls = match which {
+            Listener::Api => state.tls.as_ref().map(|t| t.acceptor()),
+            Listener::Admin => None,
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match (which, tls) {
+                (Listener::Admin, _) => {
+                    let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
+                    watcher
+                        .watch(builders.admin.serve_connection(io, svc))
+                        .await
+                        .map_err(Into::into)
+                }
+                (Listener::Api, None) => {
+                    let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
+                    watcher
+                        .watch(builders.plain.serve_connection(io, svc).into_owned())
+                        .await
+                }
+                (Listener::Api, Some(acceptor)) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES, "cause" => "refused")
+                                .increment(1);
+                            tracing::debug!(cause = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES, "cause" => "timeout")
+                                .increment(1);
+                            return;
+                        }
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    metrics::counter!(crate::metrics::TLS_CONNECTIONS, "protocol" => if h2 { "h2" } else { "http/1.1" })
+                        .increment(1);
+                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
+                    let io = TokioIo::new(WriteDeadline::new(tls, write_timeout));
+                    watcher
+                        .watch(builder.serve_connection(io, svc).into_owned())
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(cause = %e, "connection ended with an error");
             }
             drop(permit);
@@ -105,5 +151,62 @@ pub async fn serve(
             grace_secs = grace.as_secs_f64(),
             "shutdown grace period over; connections still open are cut"
         ),
+    }
+}
+
+/// The connection builders of a listener: the admin listener's HTTP/1.1; the public one's
+/// HTTP/1.1 or HTTP/2 by prior knowledge (h2c) on plain connections, and each alone for TLS
+/// connections (ALPN decided).
+struct Builders {
+    admin: http1::Builder,
+    plain: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+/// HTTP/2's limits: streams in progress per connection, the header list (as HTTP/1.1's
+/// read buffer), and windows and send buffers sized so a 1 MB answer goes out without
+/// waiting for window updates after every 64 KiB.
+pub const H2_MAX_STREAMS: u32 = 64;
+/// The flow-control window of one stream, and of the connection (four streams' worth).
+pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONNECTION_WINDOW: u32 = 4 << 20;
+
+impl Builders {
+    fn new(limits: &super::Limits) -> Builders {
+        let mut admin = http1::Builder::new();
+        admin
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true)
+            .max_buf_size(MAX_READ_BUFFER);
+        let mut plain = auto::Builder::new(TokioExecutor::new());
+        plain
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true)
+            // Bounds what a client can queue: pipelined requests are read into this buffer
+            // and answered one at a time, so at most this much waits per connection.
+            .max_buf_size(MAX_READ_BUFFER);
+        plain
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(MAX_READ_BUFFER as u32)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_send_buf_size(H2_STREAM_WINDOW as usize)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(256))
+            // A connection whose peer stops answering pings is closed.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(limits.header_timeout);
+        Builders {
+            admin,
+            h1: plain.clone().http1_only(),
+            h2: plain.clone().http2_only(),
+            plain,
+        }
     }
 }
