@@ -121,6 +121,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> 
         },
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A PEM block that is no key ring reads is the key file's fault: say so by its name.
+    if let Err(e) = provider.key_provider.load_private_key(key_der.clone_key()) {
+        return Err(TlsError::Key {
+            path: key.to_owned(),
+            what: format!("not an RSA, ECDSA or Ed25519 private key ({e})"),
+        });
+    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Pair)?
@@ -129,4 +136,93 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> 
         .map_err(TlsError::Pair)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    fn error(cert: &Path, key: &Path) -> String {
+        server_config(cert, key).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn pkcs8_pkcs1_and_sec1_keys_are_served_with_alpn() {
+        for (cert, key) in [
+            ("rsa.crt", "rsa-pkcs1.key"),
+            ("ec.crt", "ec-sec1.key"),
+            ("ec.crt", "ec-pkcs8.key"),
+        ] {
+            let c = server_config(&fixture(cert), &fixture(key))
+                .unwrap_or_else(|e| panic!("{cert} {key}: {e}"));
+            assert_eq!(c.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_file_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a pem file\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let (cert, key) = (fixture("ec.crt"), fixture("ec-sec1.key"));
+        let e = error(&missing, &key);
+        assert!(
+            e.starts_with("cannot read ") && e.contains("missing.pem"),
+            "{e}"
+        );
+        assert_eq!(
+            error(&garbage, &key),
+            format!("{}: no CERTIFICATE block", garbage.display())
+        );
+        let e = error(&broken, &key);
+        assert!(
+            e.starts_with(&format!(
+                "{}: not a PEM certificate chain",
+                broken.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(
+            error(&cert, &garbage),
+            format!(
+                "{}: no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
+                garbage.display()
+            )
+        );
+        let bad_key = dir.path().join("bad-key.pem");
+        std::fs::write(
+            &bad_key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = error(&cert, &bad_key);
+        assert!(
+            e.starts_with(&format!(
+                "{}: not an RSA, ECDSA or Ed25519 private key",
+                bad_key.display()
+            )),
+            "{e}"
+        );
+        // A certificate given as the key holds no key either.
+        assert!(error(&cert, &cert).contains("no PRIVATE KEY"));
+        // The RSA certificate with the EC key.
+        let e = error(&fixture("rsa.crt"), &key);
+        assert!(
+            e.starts_with("the certificate and key cannot be served together"),
+            "{e}"
+        );
+    }
 }

@@ -31,3 +31,4 @@ mod replicas;
 mod shutdown;
 mod snapshot;
 mod store;
+mod wire;

@@ -51,6 +51,8 @@ pub struct Options {
     pub journal_dir: Option<PathBuf>,
     /// The journal writer's settings.
     pub journal: krr::journal::JournalOptions,
+    /// Serve the API over TLS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             reuse: None,
             journal_dir: None,
             journal: krr::journal::JournalOptions::default(),
+            tls: None,
         }
     }
 }
@@ -111,6 +114,7 @@ pub async fn start(opts: Options) -> Server {
         journal: opts.journal,
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch: false,
+        tls: opts.tls,
         ..Config::default()
     };
     let Prepared {

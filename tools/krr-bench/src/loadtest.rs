@@ -1,5 +1,11 @@
-//! `krr-bench loadtest`: drives a running service over HTTP/1.1 keep-alive connections and reports
-//! throughput and latency.
+//! `krr-bench loadtest`: drives a running service over HTTP/1.1 keep-alive connections (or
+//! HTTP/2 by prior knowledge, `--http2`) and reports throughput, latency and the bytes on
+//! the wire per person.
+//!
+//! With `--accept-encoding` every answer must come in the coding the service should choose
+//! (checked from `Content-Encoding`); every `--verify-every`-th answer of a connection is
+//! decompressed and counted (decompressing all of them would spend the cores the service
+//! is measured on).
 //!
 //! Every `/personer` request is a fresh draw of ids spread over the whole snapshot (a fixed
 //! set of bodies would let caches flatter the figure); every PATCH sets a random language
@@ -60,6 +66,14 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Keep every lookup's send time and latency ([`LoadReport::timeline`]).
     pub timeline: bool,
+    /// `Accept-Encoding` to send with lookups.
+    pub accept_encoding: Option<String>,
+    /// The `Content-Encoding` lookups must come back in (`None`: identity).
+    pub expect_encoding: Option<&'static str>,
+    /// Decompress and count every n-th coded answer of a connection (the first always).
+    pub verify_every: u64,
+    /// HTTP/2 by prior knowledge instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// One lookup of a timeline: when it was sent (Unix time, microseconds), how long its
@@ -120,6 +134,10 @@ pub struct LoadReport {
     pub persons: u64,
     /// PATCHes answered 204.
     pub patches: KindReport,
+    /// Body bytes of the `/personer` answers as received (coded or not).
+    pub wire_bytes: u64,
+    /// Answers decompressed and counted.
+    pub verified: u64,
     /// Failures by kind (`status 503`, `count 999 != 1000`, `connection`…).
     pub errors: BTreeMap<String, u64>,
     /// Every lookup, when asked for ([`LoadOptions::timeline`]), in no particular order.
@@ -132,6 +150,11 @@ impl LoadReport {
         self.errors.values().sum()
     }
 
+    /// Body bytes received per person returned.
+    pub fn wire_bytes_per_person(&self) -> f64 {
+        self.wire_bytes as f64 / self.persons.max(1) as f64
+    }
+
     /// The report as JSON (`--json`).
     pub fn to_json(&self, opts: &LoadOptions) -> serde_json::Value {
         let secs = self.elapsed.as_secs_f64();
@@ -142,6 +165,11 @@ impl LoadReport {
             "patch_percent": opts.patch_percent,
             "seconds": secs,
             "persons_per_second": self.persons as f64 / secs,
+            "protocol": if opts.http2 { "h2c" } else { "http/1.1" },
+            "accept_encoding": opts.accept_encoding,
+            "content_encoding": opts.expect_encoding.unwrap_or("identity"),
+            "wire_bytes_per_person": self.wire_bytes_per_person(),
+            "verified_answers": self.verified,
             "requests_per_second": (self.personer.ok + self.patches.ok) as f64 / secs,
             "personer": self.personer.summary(secs),
             "patch": self.patches.summary(secs),
@@ -179,6 +207,16 @@ impl LoadReport {
                 self.persons as f64 / secs,
                 opts.batch
             ));
+            let per = self.wire_bytes_per_person();
+            if self.wire_bytes > 0 {
+                s.push_str(&format!(
+                "wire      {per:>9.1} body bytes/person ({}, {}; {} answers decompressed and counted); a 10 Gbit/s link carries {:.2} M persons/s (arithmetic)\n",
+                if opts.http2 { "h2c" } else { "HTTP/1.1" },
+                opts.expect_encoding.unwrap_or("identity"),
+                self.verified,
+                10e9 / 8.0 / per.max(1.0) / 1e6,
+            ));
+            }
         }
         if self.patches.ok > 0 || opts.patch_percent > 0 {
             s.push_str(&line("patch", &self.patches));
@@ -190,19 +228,86 @@ impl LoadReport {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One connection's request sender.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
 
-async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, http2: bool) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if http2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
+}
+
+/// `bytes` decoded from `coding`.
+fn decode(coding: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    match coding {
+        "zstd" => zstd::stream::decode_all(bytes).map_err(|e| format!("zstd: {e}")),
+        "gzip" => {
+            let mut d = libdeflater::Decompressor::new();
+            let size = bytes
+                .len()
+                .checked_sub(4)
+                .and_then(|at| bytes.get(at..))
+                .map_or(0, |t| {
+                    u32::from_le_bytes(t.try_into().expect("4 bytes")) as usize
+                });
+            let mut out = vec![0; size];
+            let n = d
+                .gzip_decompress(bytes, &mut out)
+                .map_err(|e| format!("gzip: {e}"))?;
+            out.truncate(n);
+            Ok(out)
+        }
+        other => Err(format!("unexpected coding {other}")),
+    }
 }
 
 /// Draws `n` ids uniformly from `ids` into `out` (cleared first), with the same sequence of
@@ -255,6 +360,8 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         personer: KindReport::new(),
         persons: 0,
         patches: KindReport::new(),
+        wire_bytes: 0,
+        verified: 0,
         errors: BTreeMap::new(),
         timeline: Vec::new(),
     };
@@ -263,6 +370,8 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         report.personer.merge(&r.personer);
         report.patches.merge(&r.patches);
         report.persons += r.persons;
+        report.wire_bytes += r.wire_bytes;
+        report.verified += r.verified;
         for (k, n) in r.errors {
             *report.errors.entry(k).or_default() += n;
         }
@@ -285,6 +394,8 @@ async fn connection(
         personer: KindReport::new(),
         persons: 0,
         patches: KindReport::new(),
+        wire_bytes: 0,
+        verified: 0,
         errors: BTreeMap::new(),
         timeline: Vec::new(),
     };
@@ -296,6 +407,15 @@ async fn connection(
         Api::V2 => "/rest/v2/personer",
     };
     let machine_auth = format!("Bearer {}", opts.machine_token);
+    // HTTP/2 requests carry the authority in the URI (hyper's h2 client needs one).
+    let base = if opts.http2 {
+        format!("http://{}", opts.target)
+    } else {
+        String::new()
+    };
+    let uri = format!("{base}{path}");
+    let patch_uri = format!("{base}/rest/v1/person");
+    let mut coded_answers = 0u64;
     let mut sender: Option<Sender> = None;
     let mut body = Vec::with_capacity(opts.batch * 15 + 64);
     let mut picks = Vec::with_capacity(opts.batch);
@@ -312,7 +432,7 @@ async fn connection(
         }
         let s = match sender.as_mut() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(opts.target).await {
+            _ => match connect(opts.target, opts.http2).await {
                 Ok(s) => sender.insert(s),
                 Err(e) => {
                     fail(&mut report, format!("connect: {}", e.kind()));
@@ -332,7 +452,7 @@ async fn connection(
             let spraak = Spraak::ALL[rng.random_range(0..4)];
             Request::builder()
                 .method(Method::PATCH)
-                .uri("/rest/v1/person")
+                .uri(&patch_uri)
                 .header("host", "krr")
                 .header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/json")
@@ -357,21 +477,31 @@ async fn connection(
                 body.extend_from_slice(b",\"inkluderIkkeRegistrerte\":true");
             }
             body.push(b'}');
-            Request::builder()
+            let mut req = Request::builder()
                 .method(Method::POST)
-                .uri(path)
-                .header("host", "krr")
+                .uri(&uri)
                 .header("authorization", &machine_auth)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::copy_from_slice(&body)))
+                .header("content-type", "application/json");
+            if !opts.http2 {
+                req = req.header("host", "krr");
+            }
+            if let Some(ae) = &opts.accept_encoding {
+                req = req.header("accept-encoding", ae);
+            }
+            req.body(Full::new(Bytes::copy_from_slice(&body)))
         }
         .expect("valid request");
         let sent = Instant::now();
         let answer = async {
-            let resp = s.send_request(req).await?;
+            let resp = s.send(req).await?;
             let status = resp.status();
+            let coding = resp
+                .headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let bytes = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, bytes))
+            Ok::<_, hyper::Error>((status, coding, bytes))
         }
         .await;
         let micros = sent.elapsed().as_micros() as u64;
@@ -381,7 +511,7 @@ async fn connection(
                 fail(&mut report, format!("connection: {e}"));
                 sender = None;
             }
-            Ok((status, bytes)) if patch => {
+            Ok((status, _, bytes)) if patch => {
                 if status == StatusCode::NO_CONTENT {
                     report.patches.ok += 1;
                     let _ = report.patches.latency.record(micros.max(1));
@@ -390,19 +520,44 @@ async fn connection(
                 }
                 drop(bytes);
             }
-            Ok((status, bytes)) => {
-                let count = memchr::memmem::find_iter(&bytes, b"\"personidentifikator\"").count();
-                if status != StatusCode::OK {
-                    fail(&mut report, format!("personer status {}", status.as_u16()));
-                } else if count != opts.batch {
-                    fail(
+            Ok((status, coding, bytes)) => {
+                report.wire_bytes += bytes.len() as u64;
+                let counted = if status != StatusCode::OK {
+                    Err(format!("personer status {}", status.as_u16()))
+                } else if coding.as_deref() != opts.expect_encoding
+                    // Small answers stay identity whatever was asked.
+                    && !(coding.is_none() && bytes.len() < krr::http::coding::MIN_SIZE)
+                {
+                    Err(format!(
+                        "personer answer in {}, not {}",
+                        coding.as_deref().unwrap_or("identity"),
+                        opts.expect_encoding.unwrap_or("identity")
+                    ))
+                } else if let Some(coding) = coding {
+                    coded_answers += 1;
+                    // Counted on a sample; the rest are trusted to hold the batch.
+                    if (coded_answers - 1).is_multiple_of(opts.verify_every.max(1)) {
+                        report.verified += 1;
+                        decode(&coding, &bytes).map(|plain| {
+                            memchr::memmem::find_iter(&plain, b"\"personidentifikator\"").count()
+                        })
+                    } else {
+                        Ok(opts.batch)
+                    }
+                } else {
+                    Ok(memchr::memmem::find_iter(&bytes, b"\"personidentifikator\"").count())
+                };
+                match counted {
+                    Err(e) => fail(&mut report, e),
+                    Ok(count) if count != opts.batch => fail(
                         &mut report,
                         format!("personer answer holds {count} persons, not {}", opts.batch),
-                    );
-                } else {
-                    report.personer.ok += 1;
-                    report.persons += count as u64;
-                    let _ = report.personer.latency.record(micros.max(1));
+                    ),
+                    Ok(count) => {
+                        report.personer.ok += 1;
+                        report.persons += count as u64;
+                        let _ = report.personer.latency.record(micros.max(1));
+                    }
                 }
             }
         }

@@ -181,6 +181,16 @@ struct LoadtestArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// `Accept-Encoding` of the lookups (e.g. `gzip`, `zstd`); answers are checked to come
+    /// in the coding the service should choose for it.
+    #[arg(long)]
+    accept_encoding: Option<String>,
+    /// Decompress and count every n-th coded answer of each connection.
+    #[arg(long, default_value_t = 16)]
+    verify_every: u64,
+    /// HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
     /// Write every lookup as a CSV line `sent_unix_us,latency_us,ok` to this file (to see
     /// latency over time, e.g. around a snapshot swap).
     #[arg(long)]
@@ -316,6 +326,17 @@ fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
         user_tokens: Arc::new(tokens.users),
         seed: a.seed,
         timeline: a.timeline.is_some(),
+        expect_encoding: a.accept_encoding.as_deref().and_then(|v| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(
+                "accept-encoding",
+                hyper::header::HeaderValue::from_str(v).ok()?,
+            );
+            krr::http::coding::negotiate(&h).header()
+        }),
+        accept_encoding: a.accept_encoding,
+        verify_every: a.verify_every,
+        http2: a.http2,
     };
     let report = runtime()?.block_on(loadtest::run(opts.clone()))?;
     if let Some(path) = &a.timeline {

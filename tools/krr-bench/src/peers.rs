@@ -311,6 +311,10 @@ impl PeerOptions {
             user_tokens: Arc::new(Vec::new()),
             seed: self.seed,
             timeline: false,
+            accept_encoding: None,
+            expect_encoding: None,
+            verify_every: 1,
+            http2: false,
         }
     }
 
@@ -353,6 +357,8 @@ fn empty_report() -> LoadReport {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         },
         persons: 0,
+        wire_bytes: 0,
+        verified: 0,
         patches: KindReport {
             ok: 0,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
