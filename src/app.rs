@@ -325,7 +325,6 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         limits: config.limits,
         journal: Some(journal),
         reloader: Some(reloader),
-        encoder: crate::http::coding::Encoder::new(),
         tls,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
     });

@@ -101,8 +101,6 @@ pub struct AppState {
     pub journal: Option<std::sync::Arc<dyn crate::journal::Backend>>,
     /// The reload path (admin `POST /admin/reload`, SIGHUP, the watcher).
     pub reloader: Option<Arc<crate::store::reload::Reloader>>,
-    /// Compresses answers (`Accept-Encoding`).
-    pub encoder: coding::Encoder,
     /// The public listener's TLS settings, when it speaks TLS (re-read on reload).
     pub tls: Option<tls::Tls>,
     /// Set at the first moment of shutdown: readiness answers 503 from then on.

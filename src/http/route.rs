@@ -203,7 +203,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     .instrument(span.clone())
     .await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
-    let resp = encode(&state, coding, resp).await;
+    let resp = encode(coding, resp).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!(
@@ -228,7 +228,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
 
 /// `resp` in `coding` when it is a success worth coding (see [`coding`]); every answer gets
 /// `Vary: Accept-Encoding`.
-async fn encode(state: &AppState, coding: Coding, resp: Resp) -> Resp {
+async fn encode(coding: Coding, resp: Resp) -> Resp {
     use http_body_util::BodyExt;
     use hyper::body::Body;
     let (mut parts, body) = resp.into_parts();
@@ -248,7 +248,7 @@ async fn encode(state: &AppState, coding: Coding, resp: Resp) -> Resp {
         Ok(c) => c.to_bytes(),
         Err(never) => match never {},
     };
-    let coded = state.encoder.encode(coding, bytes).await;
+    let coded = coding::encode(coding, bytes).await;
     metrics::counter!(crate::metrics::BODY_BYTES, "coding" => coding.label())
         .increment(coded.len() as u64);
     parts.headers.insert(

@@ -1,6 +1,7 @@
 //! In-process fuzzing on the stable toolchain: seeded, structure-aware mutation of the
 //! committed corpora (`tests/fuzz/corpus/<target>/`) against every parser a client or a
-//! file can reach: the `/personer` and PATCH bodies, the token verifier, the export's line
+//! file can reach: the `/personer` and PATCH bodies, `Accept-Encoding`, the token verifier,
+//! the gzip encoder (round trips through another decoder), the export's line
 //! parser, the journal's recovery scan, and the snapshot header and verification. Each
 //! target must answer every input with a value or an error: a panic, a stack overflow (the
 //! process dies) or an accepted forgery fails the run. Inputs that once failed are kept in
@@ -382,4 +383,48 @@ fn access_token() {
         "fuzz token: {n} mutants of {} seeds, no failure",
         seeds.len()
     );
+}
+
+#[test]
+fn accept_encoding() {
+    use krr::http::coding::{Coding, negotiate};
+    run("accept_encoding", &mut |input| {
+        let Ok(value) = hyper::header::HeaderValue::from_bytes(input) else {
+            return Ok(());
+        };
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(hyper::header::ACCEPT_ENCODING, value);
+        let chosen = no_panic(|| negotiate(&headers))?;
+        // A coding is only chosen when the header names it (or `*`).
+        let text = String::from_utf8_lossy(input).to_ascii_lowercase();
+        let named = match chosen {
+            Coding::Identity => true,
+            Coding::Gzip => text.contains("gzip") || text.contains('*'),
+            Coding::Zstd => text.contains("zstd") || text.contains('*'),
+        };
+        if named {
+            Ok(())
+        } else {
+            Err(format!("chose {chosen:?} for {text:?}"))
+        }
+    });
+}
+
+#[test]
+fn deflate_round_trip() {
+    use std::io::Read;
+    run("deflate", &mut |input| {
+        // The block size from the input too, down to one byte a block.
+        let chunk = 1 + usize::from(input.first().copied().unwrap_or(0)) * 37;
+        let z = no_panic(|| krr::http::coding::deflate::deflate(input, chunk))?;
+        let mut back = Vec::new();
+        flate2::read::DeflateDecoder::new(&z[..])
+            .read_to_end(&mut back)
+            .map_err(|e| format!("not a DEFLATE stream: {e}"))?;
+        if back == input {
+            Ok(())
+        } else {
+            Err(format!("{} bytes came back as {}", input.len(), back.len()))
+        }
+    });
 }
