@@ -173,30 +173,32 @@ pub async fn gzip(body: &[u8]) -> Vec<u8> {
 
 /// `body` as one zstd frame, a chunk at a time with a yield between chunks.
 pub async fn zstd(body: &[u8]) -> Vec<u8> {
-    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-    let mut enc = zstd::stream::raw::Encoder::new(ZSTD_LEVEL).expect("zstd accepts level 1");
-    let _ = enc.set_pledged_src_size(Some(body.len() as u64));
+    use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+        .expect("zstd accepts level 1");
+    cctx.set_pledged_src_size(Some(body.len() as u64))
+        .expect("a new context takes a size");
+    // Written straight into the answer's buffer (its spare capacity), no copy.
     let mut out = Vec::with_capacity(body.len() / 8 + 64);
-    let mut spare = vec![0u8; zstd::zstd_safe::CCtx::out_size()];
     for (i, chunk) in body.chunks(CHUNK).enumerate() {
         if i > 0 {
             tokio::task::yield_now().await;
         }
         let mut input = InBuffer::around(chunk);
         while input.pos < chunk.len() {
-            let mut o = OutBuffer::around(&mut spare[..]);
-            enc.run(&mut input, &mut o)
+            out.reserve(CCtx::out_size());
+            let len = out.len();
+            let mut o = OutBuffer::around_pos(&mut out, len);
+            cctx.compress_stream(&mut o, &mut input)
                 .expect("zstd compresses any input");
-            let n = o.pos();
-            out.extend_from_slice(&spare[..n]);
         }
     }
     loop {
-        let mut o = OutBuffer::around(&mut spare[..]);
-        let left = enc.finish(&mut o, true).expect("zstd ends any frame");
-        let n = o.pos();
-        out.extend_from_slice(&spare[..n]);
-        if left == 0 {
+        out.reserve(CCtx::out_size());
+        let len = out.len();
+        let mut o = OutBuffer::around_pos(&mut out, len);
+        if cctx.end_stream(&mut o).expect("zstd ends any frame") == 0 {
             break;
         }
     }
