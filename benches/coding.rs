@@ -33,7 +33,9 @@ use krr::store::overlay::Overlay;
 const BATCH: usize = 1000;
 
 fn own_gzip(body: &[u8]) -> Vec<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(krr::http::coding::gzip(body))
 }
 
@@ -59,7 +61,9 @@ fn zstd_level(level: i32) -> impl FnMut(&[u8]) -> Vec<u8> {
 }
 
 fn own_zstd(body: &[u8]) -> Vec<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(krr::http::coding::zstd(body))
 }
 

@@ -103,9 +103,17 @@ pub async fn serve(
                         .map_err(Into::into)
                 }
                 (Listener::Api, None) => {
+                    // HTTP/1.1 or h2c: decided by the first bytes, which must come within
+                    // the header timeout (hyper's own detection waits for ever).
+                    let Some(h2) = sniff_h2(&stream, handshake_timeout).await else {
+                        metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT, "stage" => "preface")
+                            .increment(1);
+                        return;
+                    };
+                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
                     let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
                     watcher
-                        .watch(builders.plain.serve_connection(io, svc).into_owned())
+                        .watch(builder.serve_connection(io, svc).into_owned())
                         .await
                 }
                 (Listener::Api, Some(acceptor)) => {
@@ -154,12 +162,43 @@ pub async fn serve(
     }
 }
 
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection speaks HTTP/2 (its first bytes are the preface) or HTTP/1.1
+/// (they are not), read without taking them (`peek`); `None` when the client sends too
+/// little within `timeout` or closes.
+async fn sniff_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    tokio::time::timeout(timeout, async {
+        let mut seen = 0;
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // A preface in pieces: peek returns the same bytes until more arrive.
+            if n == seen {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen = n;
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// The connection builders of a listener: the admin listener's HTTP/1.1; the public one's
-/// HTTP/1.1 or HTTP/2 by prior knowledge (h2c) on plain connections, and each alone for TLS
-/// connections (ALPN decided).
+/// HTTP/1.1 and HTTP/2, chosen by ALPN (TLS) or by the first bytes (plain, h2c).
 struct Builders {
     admin: http1::Builder,
-    plain: auto::Builder<TokioExecutor>,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
 }
@@ -205,8 +244,7 @@ impl Builders {
         Builders {
             admin,
             h1: plain.clone().http1_only(),
-            h2: plain.clone().http2_only(),
-            plain,
+            h2: plain.http2_only(),
         }
     }
 }

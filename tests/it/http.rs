@@ -628,6 +628,14 @@ async fn slow_clients_are_cut_off() {
     let mut buf = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
     assert!(n.is_ok(), "the server kept a slow client's connection open");
+    // Nothing sent at all, or the start of an HTTP/2 preface and no more: closed too.
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(first).await.unwrap();
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        assert!(n.is_ok(), "a silent client kept its connection ({first:?})");
+    }
     // Body promised but not sent: 408.
     let t = scoped(ALL_SCOPES);
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
