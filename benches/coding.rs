@@ -32,6 +32,9 @@ use krr::store::overlay::Overlay;
 
 const BATCH: usize = 1000;
 
+/// One implementation: answer bytes in, coded bytes out.
+type Coder = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
+
 fn own_gzip(body: &[u8]) -> Vec<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -85,7 +88,7 @@ fn coding(c: &mut Criterion) {
         );
         let mut g = c.benchmark_group(format!("coding_1000_all_groups/{}", common::label(n)));
         g.throughput(Throughput::Elements(BATCH as u64));
-        let mut coders: Vec<(&str, Box<dyn FnMut(&[u8]) -> Vec<u8>>)> = vec![
+        let mut coders: Vec<(&str, Coder)> = vec![
             ("gzip-krr", Box::new(own_gzip)),
             ("gzip-libdeflate-1", Box::new(libdeflate(1))),
             ("gzip-libdeflate-2", Box::new(libdeflate(2))),
