@@ -27,6 +27,7 @@ pub mod person;
 pub mod personer;
 pub mod print;
 pub mod request;
+pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod tls;

@@ -3,8 +3,9 @@
 //! table, so a route is spelled once. The admin listener has a table of the same shape
 //! ([`crate::http::admin`]).
 //!
-//! [`handle`] wraps every request: a `request` span (route, method, and once the token is
-//! verified the consumer's organisation number), the request counter and latency
+//! [`handle`] wraps every request: a `request` span (route, method, the request id, and once
+//! the token is verified the consumer's organisation number), the `X-Request-Id` of the
+//! answer ([`request_id`]), the request counter and latency
 //! histogram, and one access line (target `krr::access`).
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::http::AppState;
 use crate::http::coding::{self, Coding};
 use crate::http::error::ApiError;
 use crate::http::request::Resp;
-use crate::http::{feed, person, personer, print};
+use crate::http::{feed, person, personer, print, request_id};
 
 /// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (RFC 9110 §9.3.2: the
 /// same status and headers, no body; hyper leaves the body out).
@@ -174,10 +175,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let label = route.map_or("other", |r| r.path);
     let method = method_label(req.method());
     let coding = coding::negotiate(req.headers());
+    let request_id = request_id::of(req.headers());
     let span = tracing::info_span!(
         "request",
         method,
         route = label,
+        request_id = request_id.to_str().unwrap_or(""),
         consumer = tracing::field::Empty,
         persons = tracing::field::Empty,
     );
@@ -203,7 +206,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     .instrument(span.clone())
     .await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
-    let resp = encode(coding, resp).await;
+    let mut resp = encode(coding, resp).await;
+    resp.headers_mut().insert(request_id::HEADER, request_id);
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!(

@@ -18,6 +18,7 @@ mod common;
 mod citizen;
 mod cli;
 mod crash;
+mod fair_use;
 mod feed;
 mod fixture;
 mod fuzz;

@@ -1,0 +1,103 @@
+//! The request id: taken from the client when it sends one we may repeat, else made here;
+//! sent back as `X-Request-Id` on every answer of the public API (errors included), and in
+//! the request's span, so the access line and every log line of the request carry it.
+//!
+//! A client's id is taken from the first of `X-Request-Id`, `X-Correlation-Id` and
+//! `Nav-Call-Id` (NAV's call id) that holds 1–128 visible ASCII characters and no run of 11
+//! or more digits: an id that could be a personal number is never logged or echoed (a new
+//! one is made instead). A made id is 16 lower-case hex digits (64 random bits).
+
+use hyper::HeaderMap;
+use hyper::header::HeaderValue;
+
+/// The headers a client's id is read from, in order.
+pub const SOURCES: [&str; 3] = ["x-request-id", "x-correlation-id", "nav-call-id"];
+/// The answer's header.
+pub const HEADER: &str = "x-request-id";
+/// The longest id taken from a client.
+pub const MAX_LEN: usize = 128;
+
+/// Whether `id` may be repeated: 1–[`MAX_LEN`] visible ASCII characters, no run of 11 or
+/// more digits.
+pub fn acceptable(id: &[u8]) -> bool {
+    if id.is_empty() || id.len() > MAX_LEN || !id.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return false;
+    }
+    let mut run = 0;
+    for b in id {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 11 {
+            return false;
+        }
+    }
+    true
+}
+
+/// The request's id: the client's (see the module doc) or a new one.
+pub fn of(headers: &HeaderMap) -> HeaderValue {
+    SOURCES
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .find(|v| acceptable(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(generate)
+}
+
+/// A new id: 16 hex digits.
+pub fn generate() -> HeaderValue {
+    let id = format!("{:016x}", rand::random::<u64>());
+    HeaderValue::from_str(&id).expect("hex digits are a header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(headers: &[(&str, &str)], echoed: Option<&str>) {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let id = of(&h);
+        match echoed {
+            Some(want) => assert_eq!(id.to_str().unwrap(), want, "{headers:?}"),
+            None => {
+                let s = id.to_str().unwrap();
+                assert_eq!(s.len(), 16, "{s}");
+                assert!(s.bytes().all(|b| b.is_ascii_hexdigit()), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_echoed_only_when_they_are_safe() {
+        check(&[("X-Request-Id", "abc-123")], Some("abc-123"));
+        check(&[("X-Correlation-Id", "corr.1")], Some("corr.1"));
+        check(&[("Nav-Call-Id", "nav-7f3a")], Some("nav-7f3a"));
+        // The first acceptable one, in the order of SOURCES.
+        check(
+            &[("Nav-Call-Id", "nav"), ("X-Request-Id", "req")],
+            Some("req"),
+        );
+        check(
+            &[("X-Request-Id", "call-01018012345"), ("Nav-Call-Id", "nav")],
+            Some("nav"),
+        );
+        // Ten digits in a row pass, eleven do not.
+        check(&[("X-Request-Id", "a0123456789b")], Some("a0123456789b"));
+        check(&[("X-Request-Id", "a01234567890b")], None);
+        check(&[("X-Request-Id", "01018012345")], None);
+        check(&[("X-Request-Id", "has space")], None);
+        check(&[("X-Request-Id", "")], None);
+        check(
+            &[("X-Request-Id", &"x".repeat(128))],
+            Some(&"x".repeat(128)),
+        );
+        check(&[("X-Request-Id", &"x".repeat(129))], None);
+        check(&[], None);
+        assert!(!acceptable("æøå".as_bytes()));
+    }
+}
