@@ -56,6 +56,8 @@ pub const CONNECTIONS_TIMED_OUT: &str = "krr_connections_timed_out_total";
 /// fsync), by reason.
 pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 
+/// Counter: requests answered 503 at once because `--max-in-flight` were in progress.
+pub const REQUESTS_SHED: &str = "krr_requests_shed_total";
 /// Counter: body bytes of public answers as sent, by content coding.
 pub const BODY_BYTES: &str = "krr_http_body_bytes_total";
 /// Counter: body bytes of the same answers before coding, by content coding.

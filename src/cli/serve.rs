@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Most open connections.
     #[arg(long, env = "KRR_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Most requests in progress at once (HTTP/2 streams included); past it a request is
+    /// answered 503 with Retry-After at once instead of queueing.
+    #[arg(long, env = "KRR_MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
     /// Largest request body in bytes.
     #[arg(long, env = "KRR_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
@@ -137,6 +141,7 @@ fn config(a: ServeArgs) -> Config {
         print: a.print_provider.zip(a.print_cert),
         limits: Limits {
             max_connections: a.max_connections,
+            max_in_flight: a.max_in_flight.max(1),
             max_body_bytes: a.max_body_bytes,
             header_timeout: Duration::from_secs(a.header_timeout),
             body_timeout: Duration::from_secs(a.body_timeout),

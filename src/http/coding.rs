@@ -205,9 +205,10 @@ pub async fn zstd(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The `Vary` value of every public answer.
+/// The `Vary` value of every public answer: the coding, and the representation (JSON or
+/// JOSE) chosen by `Accept`.
 pub fn vary() -> HeaderValue {
-    HeaderValue::from_static("accept-encoding")
+    HeaderValue::from_static("accept, accept-encoding")
 }
 
 /// Whether an answer of `status` and `len` bytes is worth encoding.

@@ -79,6 +79,16 @@ impl ApiError {
         err
     }
 
+    /// 503: more requests in progress than `--max-in-flight`; nothing was done.
+    pub fn at_capacity() -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is at capacity; nothing was done, try again shortly",
+        );
+        err.retry_after = Some(1);
+        err
+    }
+
     /// 503 while no snapshot is loaded.
     pub fn no_snapshot() -> ApiError {
         let mut err = ApiError::new(

@@ -58,6 +58,9 @@ pub enum Format {
 pub struct Limits {
     /// Most open connections.
     pub max_connections: usize,
+    /// Most requests in progress (all connections, HTTP/2 streams included); past it a
+    /// request is answered 503 at once.
+    pub max_in_flight: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Time allowed for a request's headers.
@@ -74,6 +77,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 1024,
+            max_in_flight: 1024,
             max_body_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
@@ -104,6 +108,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::store::reload::Reloader>>,
     /// The public listener's TLS settings, when it speaks TLS (re-read on reload).
     pub tls: Option<tls::Tls>,
+    /// Requests in progress on the public listener.
+    pub in_flight: std::sync::atomic::AtomicUsize,
     /// Set at the first moment of shutdown: readiness answers 503 from then on.
     pub shutting_down: std::sync::atomic::AtomicBool,
 }

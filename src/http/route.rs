@@ -184,7 +184,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         consumer = tracing::field::Empty,
         persons = tracing::field::Empty,
     );
+    // Past --max-in-flight the request is answered at once, before anything is read.
+    let in_flight = InFlight::enter(&state);
     let result = async {
+        if in_flight.is_none() {
+            metrics::counter!(crate::metrics::REQUESTS_SHED, "route" => label).increment(1);
+            return Err(ApiError::at_capacity());
+        }
         if req.version() == hyper::Version::HTTP_11
             && !req.headers().contains_key(hyper::header::HOST)
         {
@@ -207,6 +213,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     .await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
     let mut resp = encode(coding, resp).await;
+    drop(in_flight);
     resp.headers_mut().insert(request_id::HEADER, request_id);
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -228,6 +235,30 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         );
     });
     resp
+}
+
+/// A request counted in progress until dropped (also when its connection goes away).
+struct InFlight<'a>(&'a AppState);
+
+impl<'a> InFlight<'a> {
+    /// Counts the request in, or `None` when `--max-in-flight` are in progress already.
+    fn enter(state: &'a AppState) -> Option<InFlight<'a>> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let before = state.in_flight.fetch_add(1, AcqRel);
+        if before >= state.limits.max_in_flight {
+            state.in_flight.fetch_sub(1, AcqRel);
+            return None;
+        }
+        Some(InFlight(state))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// `resp` in `coding` when it is a success worth coding (see [`coding`]); every answer gets

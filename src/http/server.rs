@@ -75,11 +75,15 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let write_timeout = state.limits.write_timeout;
         let handshake_timeout = state.limits.header_timeout;
+        let activity = Arc::new(Activity::new());
         let svc = {
             let state = state.clone();
+            let activity = activity.clone();
             service_fn(move |req| {
                 let state = state.clone();
+                let busy = Busy::enter(activity.clone());
                 async move {
+                    let _busy = busy;
                     Ok::<_, Infallible>(match which {
                         Listener::Api => super::route::handle(state, req).await,
                         Listener::Admin => super::admin::handle(state, req).await,
@@ -105,16 +109,24 @@ pub async fn serve(
                 (Listener::Api, None) => {
                     // HTTP/1.1 or h2c: decided by the first bytes, which must come within
                     // the header timeout (hyper's own detection waits for ever).
-                    let Some(h2) = sniff_h2(&stream, handshake_timeout).await else {
-                        metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT, "stage" => "preface")
-                            .increment(1);
-                        return;
+                    let h2 = match sniff_h2(&stream, handshake_timeout).await {
+                        Sniffed::Http1 => false,
+                        Sniffed::Http2 => true,
+                        Sniffed::Closed => return,
+                        Sniffed::TimedOut => {
+                            metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT, "stage" => "preface")
+                                .increment(1);
+                            return;
+                        }
                     };
                     let builder = if h2 { &builders.h2 } else { &builders.h1 };
                     let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
-                    watcher
-                        .watch(builder.serve_connection(io, svc).into_owned())
-                        .await
+                    let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                    if h2 {
+                        close_when_idle(served, &activity, handshake_timeout).await
+                    } else {
+                        served.await
+                    }
                 }
                 (Listener::Api, Some(acceptor)) => {
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
@@ -138,9 +150,12 @@ pub async fn serve(
                         .increment(1);
                     let builder = if h2 { &builders.h2 } else { &builders.h1 };
                     let io = TokioIo::new(WriteDeadline::new(tls, write_timeout));
-                    watcher
-                        .watch(builder.serve_connection(io, svc).into_owned())
-                        .await
+                    let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                    if h2 {
+                        close_when_idle(served, &activity, handshake_timeout).await
+                    } else {
+                        served.await
+                    }
                 }
             };
             if let Err(e) = result {
@@ -165,34 +180,126 @@ pub async fn serve(
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What the first bytes of a plain connection say.
+enum Sniffed {
+    /// Not the HTTP/2 preface.
+    Http1,
+    /// The preface: HTTP/2 by prior knowledge.
+    Http2,
+    /// The client closed (or the socket failed) first.
+    Closed,
+    /// Too few bytes within the header timeout.
+    TimedOut,
+}
+
 /// Whether a plain connection speaks HTTP/2 (its first bytes are the preface) or HTTP/1.1
-/// (they are not), read without taking them (`peek`); `None` when the client sends too
-/// little within `timeout` or closes.
-async fn sniff_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
+/// (they are not), read without taking them (`peek`).
+async fn sniff_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> Sniffed {
     let mut buf = [0u8; H2_PREFACE.len()];
-    tokio::time::timeout(timeout, async {
+    let sniff = async {
         let mut seen = 0;
+        let mut pause = Duration::from_millis(1);
         loop {
-            let n = stream.peek(&mut buf).await.ok()?;
+            let Ok(n) = stream.peek(&mut buf).await else {
+                return Sniffed::Closed;
+            };
             if n == 0 {
-                return None;
+                return Sniffed::Closed;
             }
             if buf[..n] != H2_PREFACE[..n] {
-                return Some(false);
+                return Sniffed::Http1;
             }
             if n == H2_PREFACE.len() {
-                return Some(true);
+                return Sniffed::Http2;
             }
-            // A preface in pieces: peek returns the same bytes until more arrive.
+            // A preface in pieces: peek returns the same bytes until more arrive, so wait,
+            // longer each time nothing came (a stalled client costs a few wake-ups).
             if n == seen {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
             }
             seen = n;
         }
-    })
-    .await
-    .ok()
-    .flatten()
+    };
+    tokio::time::timeout(timeout, sniff)
+        .await
+        .unwrap_or(Sniffed::TimedOut)
+}
+
+/// Requests in progress on one connection and when the last one started or ended.
+#[derive(Debug)]
+struct Activity {
+    started: tokio::time::Instant,
+    active: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `started` to the last start or end of a request.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: tokio::time::Instant::now(),
+            active: std::sync::atomic::AtomicUsize::new(0),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing starts before.
+    fn idle_at(&self, idle: Duration) -> tokio::time::Instant {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Acquire);
+        self.started + Duration::from_millis(last) + idle
+    }
+
+    fn busy(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+}
+
+/// One request counted on its connection's [`Activity`] until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(a: Arc<Activity>) -> Busy {
+        a.active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        a.touch();
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Serves an HTTP/2 connection until it ends, or until no request has been in progress on
+/// it for `idle` (then it is closed, as an idle HTTP/1.1 connection is after the header
+/// timeout): a client cannot keep a connection slot with an open, silent connection.
+async fn close_when_idle<F, E>(served: F, activity: &Activity, idle: Duration) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(served);
+    loop {
+        tokio::select! {
+            r = &mut served => return r,
+            () = tokio::time::sleep_until(activity.idle_at(idle)) => {
+                if !activity.busy() && tokio::time::Instant::now() >= activity.idle_at(idle) {
+                    metrics::counter!(crate::metrics::CONNECTIONS_TIMED_OUT, "stage" => "idle")
+                        .increment(1);
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// The connection builders of a listener: the admin listener's HTTP/1.1; the public one's

@@ -52,6 +52,9 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<ServerConfig>,
+    /// Reloads one at a time (SIGHUP and the admin route may coincide): the pair read last
+    /// is the one stored last.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Tls {
@@ -62,11 +65,16 @@ impl Tls {
             cert: cert.to_owned(),
             key: key.to_owned(),
             current: ArcSwap::from_pointee(config),
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
     /// Reads the files again; on success new connections use them.
     pub fn reload(&self) -> Result<(), TlsError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match server_config(&self.cert, &self.key) {
             Ok(config) => {
                 self.current.store(Arc::new(config));

@@ -89,3 +89,46 @@ fn request_ids_are_echoed_generated_or_refused_and_logged_without_personal_numbe
     assert!(!text.contains("20914695016"));
     assert!(!has_personal_number(&text));
 }
+
+#[tokio::test]
+async fn past_max_in_flight_requests_are_shed_at_once_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(Options {
+        limits: krr::http::Limits {
+            max_in_flight: 1,
+            body_timeout: std::time::Duration::from_secs(5),
+            ..krr::http::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let t = scoped(ALL_SCOPES);
+    let body = ids_body(&[id(&s.register[0])]);
+    // One request in progress: its body comes in two parts.
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /rest/v1/personer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..5]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The next one is answered at once, with nothing done.
+    let started = std::time::Instant::now();
+    let shed = post(&s, "/rest/v1/personer", &t, &body).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    check_error(
+        &shed,
+        503,
+        "the service is at capacity; nothing was done, try again shortly",
+    );
+    assert_eq!(shed.header("retry-after"), "1");
+    assert!(!shed.header("x-request-id").is_empty());
+    // The first one finishes; then the service takes requests again.
+    slow.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = slow.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let again = post(&s, "/rest/v1/personer", &t, &body).await;
+    assert_eq!(again.status, StatusCode::OK);
+}

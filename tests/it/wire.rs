@@ -35,7 +35,7 @@ fn decoded(answer: &Answer, want: Option<&str>) -> Vec<u8> {
         .get("content-encoding")
         .map(|v| v.to_str().unwrap());
     assert_eq!(got, want, "Content-Encoding");
-    assert_eq!(answer.header("vary"), "accept-encoding");
+    assert_eq!(answer.header("vary"), "accept, accept-encoding");
     match got {
         None => answer.body.clone(),
         Some("gzip") => gunzip(&answer.body),
@@ -340,6 +340,40 @@ async fn h2c_by_prior_knowledge_answers_as_http1_does() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
+    let s = start(Options {
+        limits: krr::http::Limits {
+            header_timeout: std::time::Duration::from_millis(300),
+            ..krr::http::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let t = scoped(ALL_SCOPES);
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/rest/v1/personer", s.addr))
+        .header("authorization", format!("Bearer {t}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(ids_body(&["20914695016"]))))
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Used, then silent: closed by the server within a few header timeouts.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), ended).await;
+    assert!(closed.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(sender.is_closed());
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1 with a fresh P-256 key, written

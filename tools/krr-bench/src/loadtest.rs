@@ -450,11 +450,11 @@ async fn connection(
         let req = if patch {
             let (_, token) = &opts.user_tokens[rng.random_range(0..opts.user_tokens.len())];
             let spraak = Spraak::ALL[rng.random_range(0..4)];
-            Request::builder()
-                .method(Method::PATCH)
-                .uri(&patch_uri)
-                .header("host", "krr")
-                .header("authorization", format!("Bearer {token}"))
+            let mut req = Request::builder().method(Method::PATCH).uri(&patch_uri);
+            if !opts.http2 {
+                req = req.header("host", "krr");
+            }
+            req.header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(format!(
                     r#"{{"spraak":"{}"}}"#,
