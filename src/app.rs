@@ -326,6 +326,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         journal: Some(journal),
         reloader: Some(reloader),
         tls,
+        usage: crate::http::usage::Usage::new(config.limits.metrics_max_consumers),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
     });

@@ -56,6 +56,11 @@ pub const CONNECTIONS_TIMED_OUT: &str = "krr_connections_timed_out_total";
 /// fsync), by reason.
 pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 
+/// Counter: requests by consumer (organisation number, `client:<id>`, `other`), route and
+/// status.
+pub const CONSUMER_REQUESTS: &str = "krr_consumer_requests_total";
+/// Counter: persons returned, by consumer.
+pub const CONSUMER_PERSONS: &str = "krr_consumer_persons_total";
 /// Counter: requests answered 503 at once because `--max-in-flight` were in progress.
 pub const REQUESTS_SHED: &str = "krr_requests_shed_total";
 /// Counter: body bytes of public answers as sent, by content coding.

@@ -19,7 +19,14 @@ use krr::dev::mint::MintOptions;
 
 #[tokio::test]
 async fn metrics_are_present_and_change() {
-    let s = start(Options::default()).await;
+    let s = start(Options {
+        limits: krr::http::Limits {
+            metrics_max_consumers: 2,
+            ..krr::http::Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
     let scrape =
         || async { String::from_utf8(admin(&s, Method::GET, "/metrics").await.body).unwrap() };
     let before = scrape().await;
@@ -34,6 +41,17 @@ async fn metrics_are_present_and_change() {
     assert_eq!(a.status, StatusCode::OK);
     let a = post(&s, "/rest/v1/personer", "not-a-token", &ids_body(&ids)).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Usage per agency: two more organisations; the third labelled one is past
+    // --metrics-max-consumers 2 and counts as `other`.
+    for (consumer, n) in [("974760673", 2), ("889640782", 1)] {
+        let t = token(MintOptions {
+            scope: ALL_SCOPES.into(),
+            consumer: format!("0192:{consumer}"),
+            ..Default::default()
+        });
+        let a = post(&s, "/rest/v1/personer", &t, &ids_body(&ids[..n])).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
     // A citizen's PATCH goes through the journal (fsync histogram, sequence number, overlay).
     let me = s
         .register
@@ -79,6 +97,55 @@ async fn metrics_are_present_and_change() {
     assert!(
         n(&after, "krr_persons_returned_total", "")
             >= n(&before, "krr_persons_returned_total", "") + 3.0
+    );
+    // Usage counters move by exactly the persons returned, per consumer.
+    let persons = |t: &str, c: &str| {
+        n(
+            t,
+            "krr_consumer_persons_total",
+            &format!(r#"consumer="{c}""#),
+        )
+    };
+    assert_eq!(
+        persons(&after, "991825827") - persons(&before, "991825827"),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(
+        persons(&after, "974760673") - persons(&before, "974760673"),
+        2.0
+    );
+    assert_eq!(persons(&after, "other") - persons(&before, "other"), 1.0);
+    assert!(
+        !after
+            .lines()
+            .any(|l| l.starts_with("krr_consumer_requests_total") && l.contains("status=\"401\"")),
+        "{after}"
+    );
+    assert_eq!(persons(&after, "889640782"), 0.0);
+    assert_eq!(
+        n(&after, "krr_persons_returned_total", "") - n(&before, "krr_persons_returned_total", ""),
+        6.0
+    );
+    assert_eq!(
+        n(
+            &after,
+            "krr_consumer_requests_total",
+            r#"consumer="991825827",route="/rest/v1/personer",status="200""#
+        ),
+        1.0,
+        "{after}"
+    );
+    // The citizen's PATCH: a user token counts by its client (`client:krr-token`), here the
+    // third consumer, so `other`; the refused token has no caller and is not counted.
+    assert_eq!(
+        n(
+            &after,
+            "krr_consumer_requests_total",
+            r#"consumer="other",route="/rest/v1/person",status="204""#
+        ),
+        1.0,
+        "{after}"
     );
     // This process runs this test alone, so these counts are exact: the start-up swap went
     // through the reload path like every later one, and the admin reload found nothing newer

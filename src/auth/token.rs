@@ -47,6 +47,8 @@ pub struct Principal {
     pub user: bool,
     /// The consumer's organisation number (from `consumer.ID`, `0192:<orgnr>`), for audit.
     pub consumer: Option<String>,
+    /// The `client_id` claim: the client a user token was issued to (usage per client).
+    pub client: Option<String>,
     /// Expiry, Unix seconds.
     pub exp: i64,
 }
@@ -79,6 +81,7 @@ struct Claims {
     pid: Option<String>,
     acr: Option<String>,
     consumer: Option<Consumer>,
+    client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +310,7 @@ impl Verifier {
             pid,
             user: c.acr.is_some(),
             consumer,
+            client: c.client_id,
             exp: c.exp,
         })
     }

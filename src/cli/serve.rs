@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// answered 503 with Retry-After at once instead of queueing.
     #[arg(long, env = "KRR_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
+    /// Consumers (organisations, user-token clients) with usage metrics of their own;
+    /// later ones count as `other`.
+    #[arg(long, env = "KRR_METRICS_MAX_CONSUMERS", default_value_t = 1000)]
+    metrics_max_consumers: usize,
     /// Largest request body in bytes.
     #[arg(long, env = "KRR_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
@@ -142,6 +146,7 @@ fn config(a: ServeArgs) -> Config {
         limits: Limits {
             max_connections: a.max_connections,
             max_in_flight: a.max_in_flight.max(1),
+            metrics_max_consumers: a.metrics_max_consumers,
             max_body_bytes: a.max_body_bytes,
             header_timeout: Duration::from_secs(a.header_timeout),
             body_timeout: Duration::from_secs(a.body_timeout),

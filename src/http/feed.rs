@@ -113,7 +113,7 @@ pub async fn hent_endringer(state: &AppState, req: Request<Incoming>) -> Result<
     metrics::counter!(crate::metrics::FEED_REQUESTS).increment(1);
     metrics::counter!(crate::metrics::FEED_ENTRIES).increment(page.ids.len() as u64);
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(page.ids.len() as u64);
-    tracing::Span::current().record("persons", page.ids.len());
+    crate::http::usage::persons(page.ids.len() as u64);
     answer(state, format, out).await
 }
 

@@ -31,6 +31,7 @@ pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// At shutdown, time allowed for requests in flight to finish.
     pub shutdown_grace: Duration,
+    /// Consumers with usage labels of their own; later ones count as `other`.
+    pub metrics_max_consumers: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +86,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            metrics_max_consumers: 1000,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::store::reload::Reloader>>,
     /// The public listener's TLS settings, when it speaks TLS (re-read on reload).
     pub tls: Option<tls::Tls>,
+    /// Usage per consumer (bounded labels).
+    pub usage: usage::Usage,
     /// Requests in progress on the public listener.
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// Set at the first moment of shutdown: readiness answers 503 from then on.

@@ -35,7 +35,7 @@ pub async fn person<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiEr
         ));
     }
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(1);
-    tracing::Span::current().record("persons", 1);
+    crate::http::usage::persons(1);
     answer(state, format, out).await
 }
 

@@ -143,7 +143,7 @@ pub async fn personer(
             0
         };
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(returned as u64);
-    tracing::Span::current().record("persons", returned);
+    crate::http::usage::persons(returned as u64);
     answer(state, format, out).await
 }
 

@@ -29,6 +29,7 @@ pub async fn authenticate(
         .await
         .map_err(|e| ApiError::unauthorized(&e))?;
     audit(&principal);
+    crate::http::usage::caller(&principal);
     Ok(principal)
 }
 

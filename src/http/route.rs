@@ -18,7 +18,7 @@ use crate::http::AppState;
 use crate::http::coding::{self, Coding};
 use crate::http::error::ApiError;
 use crate::http::request::Resp;
-use crate::http::{feed, person, personer, print, request_id};
+use crate::http::{feed, person, personer, print, request_id, usage};
 
 /// A method a route answers. `GetOrHead` answers `HEAD` like `GET` (RFC 9110 §9.3.2: the
 /// same status and headers, no body; hyper leaves the body out).
@@ -186,7 +186,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     );
     // Past --max-in-flight the request is answered at once, before anything is read.
     let in_flight = InFlight::enter(&state);
-    let result = async {
+    let work = async {
         if in_flight.is_none() {
             metrics::counter!(crate::metrics::REQUESTS_SHED, "route" => label).increment(1);
             return Err(ApiError::at_capacity());
@@ -209,8 +209,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
             Handler::HentEndringer => feed::hent_endringer(&state, req).await,
         }
     }
-    .instrument(span.clone())
-    .await;
+    .instrument(span.clone());
+    let (result, caller, persons) = usage::scope(work).await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
     let mut resp = encode(coding, resp).await;
     drop(in_flight);
@@ -226,6 +226,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     .increment(1);
     metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => label)
         .record(elapsed.as_secs_f64());
+    state
+        .usage
+        .record(caller.as_deref(), persons, label, status);
     span.in_scope(|| {
         tracing::info!(
             target: "krr::access",

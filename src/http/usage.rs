@@ -1,0 +1,168 @@
+//! Usage per agency: who asked, how many persons they got. Each request of the public API
+//! runs inside [`scope`], where authentication notes the caller ([`caller`]) and the
+//! handler the persons it returned ([`persons`]); [`Usage::record`] then counts them in
+//! `krr_consumer_requests_total{consumer,route,status}` and
+//! `krr_consumer_persons_total{consumer}`.
+//!
+//! The consumer label is the organisation number of a machine token (`consumer.ID`), or
+//! `client:<client_id>` for a user token (ID-porten's client). Labels are bounded: the first
+//! `--metrics-max-consumers` (default 1000) consumers get their own, later ones count as
+//! `other`, so a flood of issuers' clients cannot grow `/metrics` without bound. A label
+//! that could hold a personal number (an 11-digit run, or not plain ASCII) is never made:
+//! such a caller counts as `unrecognised`.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::auth::Principal;
+
+tokio::task_local! {
+    static FACTS: Facts;
+}
+
+/// What one request learnt about its caller and answer.
+#[derive(Debug, Default)]
+struct Facts {
+    caller: RefCell<Option<Arc<Principal>>>,
+    persons: Cell<u64>,
+}
+
+/// Runs `f` (one request) with a place for its facts.
+pub async fn scope<F: Future>(f: F) -> (F::Output, Option<Arc<Principal>>, u64) {
+    FACTS
+        .scope(Facts::default(), async {
+            let out = f.await;
+            let (caller, persons) = FACTS.with(|facts| (facts.caller.take(), facts.persons.get()));
+            (out, caller, persons)
+        })
+        .await
+}
+
+/// Notes the verified caller of the current request.
+pub fn caller(principal: &Arc<Principal>) {
+    let _ = FACTS.try_with(|facts| *facts.caller.borrow_mut() = Some(principal.clone()));
+}
+
+/// Notes the persons the current request returned (also on its span).
+pub fn persons(n: u64) {
+    tracing::Span::current().record("persons", n);
+    let _ = FACTS.try_with(|facts| facts.persons.set(facts.persons.get() + n));
+}
+
+/// The consumers with labels of their own.
+#[derive(Debug)]
+pub struct Usage {
+    labelled: dashmap::DashMap<Arc<str>, ()>,
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// The label of callers beyond `--metrics-max-consumers`.
+pub const OTHER: &str = "other";
+/// The label of a caller whose identity cannot be a label.
+pub const UNRECOGNISED: &str = "unrecognised";
+
+/// Whether `s` may be a metric label: 1–64 visible ASCII characters, no run of 11 digits.
+fn safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && crate::http::request_id::acceptable(s.as_bytes())
+}
+
+/// The consumer key of a caller (see the module doc).
+pub fn key(p: &Principal) -> String {
+    match (&p.consumer, &p.client) {
+        (Some(org), _) if org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()) => org.clone(),
+        (None, Some(client)) if safe(client) => format!("client:{client}"),
+        _ => UNRECOGNISED.to_string(),
+    }
+}
+
+impl Usage {
+    /// At most `max` consumers labelled.
+    pub fn new(max: usize) -> Usage {
+        Usage {
+            labelled: dashmap::DashMap::new(),
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// The label for `key`: its own while there is room, else [`OTHER`].
+    pub fn label(&self, key: &str) -> Arc<str> {
+        if let Some(e) = self.labelled.get(key) {
+            return e.key().clone();
+        }
+        if key == UNRECOGNISED {
+            return Arc::from(UNRECOGNISED);
+        }
+        // Room is claimed before the insert, so concurrent newcomers never overshoot.
+        if self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Arc::from(OTHER);
+        }
+        let label: Arc<str> = Arc::from(key);
+        if self.labelled.insert(label.clone(), ()).is_some() {
+            // Another request labelled it first: give the room back.
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        label
+    }
+
+    /// Counts one request of `caller` (none: the token was refused or missing).
+    pub fn record(
+        &self,
+        caller: Option<&Principal>,
+        persons: u64,
+        route: &'static str,
+        status: u16,
+    ) {
+        let Some(caller) = caller else { return };
+        let label = self.label(&key(caller)).to_string();
+        metrics::counter!(
+            crate::metrics::CONSUMER_REQUESTS,
+            "consumer" => label.clone(),
+            "route" => route,
+            "status" => status.to_string()
+        )
+        .increment(1);
+        if persons > 0 {
+            metrics::counter!(crate::metrics::CONSUMER_PERSONS, "consumer" => label)
+                .increment(persons);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded_and_never_hold_a_personal_number() {
+        let u = Usage::new(2);
+        assert_eq!(&*u.label("991825827"), "991825827");
+        assert_eq!(&*u.label("974760673"), "974760673");
+        assert_eq!(&*u.label("991825827"), "991825827");
+        assert_eq!(&*u.label("889640782"), OTHER);
+        assert_eq!(&*u.label(UNRECOGNISED), UNRECOGNISED);
+        let p = |consumer: Option<&str>, client: Option<&str>| Principal {
+            grants: crate::auth::Grants::from_scope(""),
+            pid: None,
+            user: client.is_some(),
+            consumer: consumer.map(str::to_string),
+            client: client.map(str::to_string),
+            exp: 0,
+        };
+        assert_eq!(key(&p(Some("991825827"), None)), "991825827");
+        assert_eq!(key(&p(Some("0192:99182"), None)), UNRECOGNISED);
+        assert_eq!(key(&p(Some("20914695016"), None)), UNRECOGNISED);
+        assert_eq!(key(&p(None, Some("nav-proxy"))), "client:nav-proxy");
+        assert_eq!(key(&p(None, Some("c-20914695016"))), UNRECOGNISED);
+        assert_eq!(key(&p(None, None)), UNRECOGNISED);
+    }
+}
