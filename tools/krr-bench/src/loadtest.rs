@@ -74,6 +74,9 @@ pub struct LoadOptions {
     pub verify_every: u64,
     /// HTTP/2 by prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+    /// The largest HTTP/2 frame the client accepts (`SETTINGS_MAX_FRAME_SIZE`; default
+    /// 16 KiB).
+    pub h2_frame_size: Option<u32>,
 }
 
 /// One lookup of a timeline: when it was sent (Unix time, microseconds), how long its
@@ -260,7 +263,11 @@ impl Sender {
     }
 }
 
-async fn connect(addr: SocketAddr, http2: bool) -> std::io::Result<Sender> {
+async fn connect(
+    addr: SocketAddr,
+    http2: bool,
+    h2_frame_size: Option<u32>,
+) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let io = hyper_util::rt::TokioIo::new(stream);
@@ -269,6 +276,7 @@ async fn connect(addr: SocketAddr, http2: bool) -> std::io::Result<Sender> {
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(4 << 20)
+                .max_frame_size(h2_frame_size)
                 .handshake(io)
                 .await
                 .map_err(std::io::Error::other)?;
@@ -432,7 +440,7 @@ async fn connection(
         }
         let s = match sender.as_mut() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(opts.target, opts.http2).await {
+            _ => match connect(opts.target, opts.http2, opts.h2_frame_size).await {
                 Ok(s) => sender.insert(s),
                 Err(e) => {
                     fail(&mut report, format!("connect: {}", e.kind()));

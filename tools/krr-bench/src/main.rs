@@ -191,6 +191,10 @@ struct LoadtestArgs {
     /// HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
+    /// With --http2: the largest frame the client accepts (16384 to 16777215; default
+    /// HTTP/2's 16384).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    h2_frame_size: Option<u32>,
     /// Write every lookup as a CSV line `sent_unix_us,latency_us,ok` to this file (to see
     /// latency over time, e.g. around a snapshot swap).
     #[arg(long)]
@@ -337,6 +341,7 @@ fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
         accept_encoding: a.accept_encoding,
         verify_every: a.verify_every,
         http2: a.http2,
+        h2_frame_size: a.h2_frame_size,
     };
     let report = runtime()?.block_on(loadtest::run(opts.clone()))?;
     if let Some(path) = &a.timeline {

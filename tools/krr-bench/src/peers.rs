@@ -315,6 +315,7 @@ impl PeerOptions {
             expect_encoding: None,
             verify_every: 1,
             http2: false,
+            h2_frame_size: None,
         }
     }
 

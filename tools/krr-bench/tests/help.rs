@@ -32,7 +32,9 @@ fn normalised(text: &str) -> String {
 const ADDED_TO_LOADTEST: &str = "--accept-encoding <ACCEPT_ENCODING> `Accept-Encoding` of the \
     lookups (e.g. `gzip`, `zstd`); answers are checked to come in the coding the service should \
     choose for it --verify-every <VERIFY_EVERY> Decompress and count every n-th coded answer of \
-    each connection [default: 16] --http2 HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1 ";
+    each connection [default: 16] --http2 HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1 \
+    --h2-frame-size <H2_FRAME_SIZE> With --http2: the largest frame the client accepts (16384 to \
+    16777215; default HTTP/2's 16384) ";
 
 #[test]
 fn the_moved_commands_keep_their_flags() {
