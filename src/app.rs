@@ -502,7 +502,7 @@ pub async fn run(config: &Config, prepared: Prepared) -> Result<(), StartError> 
     let draining = state.clone();
     crate::http::run(listener, state.clone(), async move {
         shutdown_signal().await;
-        draining.begin_shutdown();
+        // Readiness goes down as the accept loop closes the listener, right after this.
         sd_notify("STOPPING=1");
         tracing::info!(
             grace_secs = draining.limits.shutdown_grace.as_secs_f64(),

@@ -165,6 +165,11 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Readiness goes down once the listener is closed (not before: a load balancer that
+    // sees it down must find no new connection taken).
+    if which == Listener::Api {
+        state.begin_shutdown();
+    }
     // Keep-alive connections are closed after their current request; requests in flight
     // get the grace period to finish.
     let grace = state.limits.shutdown_grace;
