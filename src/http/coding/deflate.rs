@@ -614,7 +614,7 @@ mod tests {
         check(b"aaaa");
         check(&[0u8; 100_000]);
         check(
-            b"{\"personidentifikator\":\"01018012345\"}"
+            b"{\"personidentifikator\":\"01818012345\"}"
                 .repeat(3000)
                 .as_slice(),
         );
