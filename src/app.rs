@@ -68,6 +68,8 @@ pub struct Config {
     pub max_shrink_percent: f64,
     /// Serve the public API over TLS with this certificate chain and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Per-consumer quotas.
+    pub quotas: crate::http::quota::QuotaSettings,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             snapshot_poll: Duration::from_secs(10),
             max_shrink_percent: crate::store::reload::DEFAULT_MAX_SHRINK_PERCENT,
             tls: None,
+            quotas: crate::http::quota::QuotaSettings::default(),
         }
     }
 }
@@ -116,6 +119,9 @@ pub enum StartError {
     /// `--tls-cert`/`--tls-key` cannot be served.
     #[error("loading the TLS certificate and key")]
     Tls(#[source] crate::http::tls::TlsError),
+    /// `--quota-*` settings or the quota file are unusable.
+    #[error("loading the quotas")]
+    Quota(#[source] crate::http::quota::QuotaError),
     /// `--print-provider` is not an organisation number.
     #[error("--print-provider must be a 9-digit organisation number")]
     PrintProvider,
@@ -251,6 +257,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         Some((cert, key)) => Some(crate::http::tls::Tls::load(cert, key).map_err(StartError::Tls)?),
         None => None,
     };
+    // A bad quota file stops the start too.
+    let quotas =
+        crate::http::quota::Quotas::new(config.quotas.clone()).map_err(StartError::Quota)?;
     // Install the metrics recorder before anything records (the first snapshot's gauges).
     let _ = crate::metrics::handle();
     let remote = match &config.snapshot_url {
@@ -327,6 +336,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         reloader: Some(reloader),
         tls,
         usage: crate::http::usage::Usage::new(config.limits.metrics_max_consumers),
+        quotas,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
@@ -480,6 +490,8 @@ pub async fn run(config: &Config, prepared: Prepared) -> Result<(), StartError> 
                     // Refused with the reason in the log; the old certificate stays.
                     let _ = tls.reload();
                 }
+                // Likewise the quota file: a refused one leaves the quotas in force.
+                let _ = state.quotas.reload();
                 reloader.reload("SIGHUP").await;
             }
         });
@@ -497,6 +509,7 @@ pub async fn run(config: &Config, prepared: Prepared) -> Result<(), StartError> 
     };
     let follower = remote
         .map(|remote| crate::store::follow::follow(remote, reloader.clone(), config.snapshot_poll));
+    crate::http::quota::spawn_sweeper(Arc::downgrade(&state), Duration::from_secs(10));
     sd_notify("READY=1");
 
     let draining = state.clone();

@@ -61,6 +61,12 @@ pub const JOURNAL_REFUSING: &str = "krr_journal_refusing";
 pub const CONSUMER_REQUESTS: &str = "krr_consumer_requests_total";
 /// Counter: persons returned, by consumer.
 pub const CONSUMER_PERSONS: &str = "krr_consumer_persons_total";
+/// Counter: requests refused 429 because the consumer's quota was used up, by consumer.
+pub const QUOTA_REJECTIONS: &str = "krr_quota_rejections_total";
+/// Counter: quota file reloads by result.
+pub const QUOTA_RELOADS: &str = "krr_quota_reloads_total";
+/// Gauge: consumers with a quota bucket in memory (idle ones are dropped).
+pub const QUOTA_BUCKETS: &str = "krr_quota_buckets";
 /// Counter: requests answered 503 at once because `--max-in-flight` were in progress.
 pub const REQUESTS_SHED: &str = "krr_requests_shed_total";
 /// Counter: body bytes of public answers as sent, by content coding.
@@ -180,6 +186,15 @@ fn describe() {
     );
     describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes failed or timed out");
     describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+    describe_counter!(
+        QUOTA_REJECTIONS,
+        "requests refused 429 over the consumer's quota, by consumer"
+    );
+    describe_counter!(QUOTA_RELOADS, "quota file reloads by result");
+    describe_gauge!(
+        QUOTA_BUCKETS,
+        "consumers with a quota bucket in memory (idle ones are dropped)"
+    );
     describe_counter!(FEED_ENTRIES, "persons listed by the change feed");
     describe_gauge!(
         FEED_NEWEST_ID,

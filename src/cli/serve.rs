@@ -9,6 +9,7 @@ use std::time::Duration;
 use krr::app::Config;
 use krr::auth::JwksSource;
 use krr::http::Limits;
+use krr::http::quota::QuotaSettings;
 use krr::journal::JournalOptions;
 use krr::journal::pg::PgOptions;
 
@@ -118,6 +119,22 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "KRR_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Every consumer's quota in persons per second (a batch of 1000 ids costs 1000,
+    /// /person 1, a feed page its entries); over it, 429 with Retry-After. No quota when
+    /// left out (unless --quota-file gives one).
+    #[arg(long, env = "KRR_QUOTA_PERSONS_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
+    quota_persons_per_second: Option<u64>,
+    /// Persons a consumer may ask for at once (default: one second's worth, at least 1000).
+    #[arg(long, env = "KRR_QUOTA_BURST", requires = "quota_persons_per_second", value_parser = clap::value_parser!(u64).range(1..))]
+    quota_burst: Option<u64>,
+    /// Per-consumer quotas (TOML: [consumers."<orgnr>"] persons_per_second, burst),
+    /// re-read on SIGHUP and POST /admin/reload.
+    #[arg(long, env = "KRR_QUOTA_FILE")]
+    quota_file: Option<PathBuf>,
+    /// This replica's share of every quota: 1/N with N replicas behind a load balancer,
+    /// so that together they grant each consumer its quota once.
+    #[arg(long, env = "KRR_QUOTA_SHARE", default_value_t = 1.0)]
+    quota_share: f64,
     /// Seconds a PATCH waits for the journal database before it is answered 503.
     #[arg(long, env = "KRR_JOURNAL_TIMEOUT", default_value_t = 3.0)]
     journal_timeout: f64,
@@ -172,5 +189,11 @@ fn config(a: ServeArgs) -> Config {
         snapshot_poll: Duration::from_secs_f64(a.snapshot_poll.clamp(0.05, 86_400.0)),
         max_shrink_percent: a.max_shrink,
         tls: a.tls_cert.zip(a.tls_key),
+        quotas: QuotaSettings {
+            persons_per_second: a.quota_persons_per_second,
+            burst: a.quota_burst,
+            file: a.quota_file,
+            share: a.quota_share,
+        },
     }
 }

@@ -143,6 +143,19 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
                         }
                     };
                 }
+                // And the quota file, when there is one (same rule).
+                match state.quotas.reload() {
+                    Ok(None) => {}
+                    Ok(Some(consumers)) => {
+                        body["quotas"] =
+                            serde_json::json!({ "result": "reloaded", "consumers": consumers });
+                    }
+                    Err(e) => {
+                        status = StatusCode::INTERNAL_SERVER_ERROR;
+                        body["quotas"] =
+                            serde_json::json!({ "result": "failed", "reason": e.to_string() });
+                    }
+                }
                 json(
                     status,
                     serde_json::to_vec(&body).expect("a JSON value serialises"),

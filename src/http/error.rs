@@ -22,7 +22,7 @@ pub struct ApiError {
     pub www_authenticate: Option<String>,
     /// `Allow` value, for 405.
     pub allow: Option<&'static str>,
-    /// Send `Retry-After` (503).
+    /// Send `Retry-After` (429, 503).
     pub retry_after: Option<u32>,
 }
 
@@ -86,6 +86,16 @@ impl ApiError {
             "the service is at capacity; nothing was done, try again shortly",
         );
         err.retry_after = Some(1);
+        err
+    }
+
+    /// 429: the consumer's quota is used up; nothing was done.
+    pub fn over_quota(retry_after: u64) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this consumer's quota of persons is used up; nothing was done, try again after Retry-After seconds",
+        );
+        err.retry_after = Some(u32::try_from(retry_after).unwrap_or(u32::MAX));
         err
     }
 

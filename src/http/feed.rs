@@ -13,7 +13,9 @@ use crate::auth::scopes::FEED_READ;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::personer::{parse_body, refuse_duplicates};
-use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, require_json};
+use crate::http::request::{
+    Resp, admit, answer, authenticate, charge, negotiate, read_body, require_json,
+};
 use crate::model::Groups;
 use crate::store::feed::{FeedUnavailable, MAX_PAGE, page};
 use crate::store::lookup::{BatchOptions, write_entries};
@@ -57,6 +59,9 @@ pub async fn hent_endringer(state: &AppState, req: Request<Incoming>) -> Result<
     }
     // Entries show the groups of the token's other read scopes, as `/personer` does.
     let groups = principal.grants.global.unwrap_or(Groups::NONE);
+    // A page costs its entries, charged once it is made; a consumer over its quota is
+    // refused before.
+    admit(state, &principal, 1, true)?;
     let format = negotiate(req.headers(), state.signer.is_some())?;
     require_json(req.headers())?;
     let mut body = read_body(state, req).await?;
@@ -114,6 +119,7 @@ pub async fn hent_endringer(state: &AppState, req: Request<Incoming>) -> Result<
     metrics::counter!(crate::metrics::FEED_ENTRIES).increment(page.ids.len() as u64);
     metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(page.ids.len() as u64);
     crate::http::usage::persons(page.ids.len() as u64);
+    charge(state, &principal, page.ids.len() as u64);
     answer(state, format, out).await
 }
 

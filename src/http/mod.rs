@@ -26,6 +26,7 @@ pub mod jose;
 pub mod person;
 pub mod personer;
 pub mod print;
+pub mod quota;
 pub mod request;
 pub mod request_id;
 pub mod route;
@@ -112,6 +113,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::store::reload::Reloader>>,
     /// The public listener's TLS settings, when it speaks TLS (re-read on reload).
     pub tls: Option<tls::Tls>,
+    /// Per-consumer quotas (persons per second and burst).
+    pub quotas: quota::Quotas,
     /// Usage per consumer (bounded labels).
     pub usage: usage::Usage,
     /// Requests in progress on the public listener.

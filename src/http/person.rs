@@ -10,7 +10,7 @@ use simd_json::prelude::*;
 use crate::auth::scopes::{SPRAAK_WRITE, USER_HINT};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, require_json};
+use crate::http::request::{Resp, admit, answer, authenticate, negotiate, read_body, require_json};
 use crate::journal::{Change, JournalError};
 use crate::model::Spraak;
 use crate::store::lookup::write_person;
@@ -25,6 +25,7 @@ pub async fn person<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiEr
         ApiError::insufficient_scope(USER_HINT, "the token names no person (no pid claim)")
     })?;
     let format = negotiate(req.headers(), state.signer.is_some())?;
+    admit(state, &principal, 1, false)?;
     let snapshot = state.store.current();
     let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
     let mut out = Vec::with_capacity(2048);
@@ -83,6 +84,7 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
     require_json(req.headers())?;
     let mut body = read_body(state, req).await?;
     let spraak = parse_spraak(&mut body)?;
+    admit(state, &principal, 1, false)?;
     {
         let snapshot = state.store.current();
         let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;

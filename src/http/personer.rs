@@ -7,7 +7,7 @@ use simd_json::prelude::*;
 use crate::auth::scopes::GLOBAL_HINT;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::request::{Resp, answer, authenticate, negotiate, read_body, require_json};
+use crate::http::request::{Resp, admit, answer, authenticate, negotiate, read_body, require_json};
 use crate::model::fnr::PersonId;
 use crate::model::json::{MAX_DEPTH, check_depth};
 use crate::store::lookup::{BatchOptions, write_personer};
@@ -108,6 +108,8 @@ pub async fn personer(
     let groups = principal.grants.global.ok_or_else(|| {
         ApiError::insufficient_scope(GLOBAL_HINT, "the token has no scope for looking up persons")
     })?;
+    // A consumer over its quota is refused before its body is read.
+    admit(state, &principal, 1, true)?;
     let format = negotiate(req.headers(), state.signer.is_some())?;
     require_json(req.headers())?;
     let mut body = read_body(state, req).await?;
@@ -120,6 +122,8 @@ pub async fn personer(
             "this token may only look up the person it was issued for",
         ));
     }
+    // Every id asked for costs one person, found or not.
+    admit(state, &principal, request.ids.len() as u64, false)?;
     let snapshot = state.store.current();
     let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
     let opts = if v2 {

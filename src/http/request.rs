@@ -33,6 +33,58 @@ pub async fn authenticate(
     Ok(principal)
 }
 
+/// Charges `persons` to the caller's quota (see [`quota`](crate::http::quota)): `Err` 429
+/// when it is used up, 400 when the request alone is larger than the burst. With `peek`
+/// nothing is charged: a consumer already over its quota is refused before its body is
+/// read.
+pub fn admit(
+    state: &AppState,
+    principal: &Principal,
+    persons: u64,
+    peek: bool,
+) -> Result<(), ApiError> {
+    use crate::http::quota::Verdict;
+    if !state.quotas.enabled() {
+        return Ok(());
+    }
+    let key = crate::http::usage::key(principal);
+    match state.quotas.check(&key, persons, peek) {
+        Verdict::Unlimited => Ok(()),
+        Verdict::Admitted(standing) => {
+            crate::http::usage::standing(standing);
+            Ok(())
+        }
+        Verdict::Refused {
+            standing,
+            retry_after,
+        } => {
+            crate::http::usage::standing(standing);
+            metrics::counter!(
+                crate::metrics::QUOTA_REJECTIONS,
+                "consumer" => state.usage.label(&key).to_string()
+            )
+            .increment(1);
+            Err(ApiError::over_quota(retry_after))
+        }
+        Verdict::TooLarge { burst } => Err(ApiError::bad_request(format!(
+            "this request asks for {persons} persons, more than this consumer's quota allows at once ({burst}); send smaller batches"
+        ))),
+    }
+}
+
+/// Charges `persons` already served to the caller's quota (a change-feed page).
+pub fn charge(state: &AppState, principal: &Principal, persons: u64) {
+    if !state.quotas.enabled() {
+        return;
+    }
+    if let Some(standing) = state
+        .quotas
+        .charge(&crate::http::usage::key(principal), persons)
+    {
+        crate::http::usage::standing(standing);
+    }
+}
+
 /// Notes the verified caller on the request span (the consumer's organisation number).
 /// Only a 9-digit organisation number is recorded: the claim is the issuer's text, and a
 /// malformed one could be anything (a personal number included).

@@ -210,11 +210,23 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         }
     }
     .instrument(span.clone());
-    let (result, caller, persons) = usage::scope(work).await;
+    let (result, outcome) = usage::scope(work).await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
     let mut resp = encode(coding, resp).await;
     drop(in_flight);
-    resp.headers_mut().insert(request_id::HEADER, request_id);
+    let headers = resp.headers_mut();
+    headers.insert(request_id::HEADER, request_id);
+    if let Some(s) = outcome.standing {
+        // Digits and quotes only: always a valid header value.
+        for (name, value) in [
+            (RATELIMIT_POLICY, s.policy_header()),
+            (RATELIMIT, s.header()),
+        ] {
+            if let Ok(v) = hyper::header::HeaderValue::try_from(value) {
+                headers.insert(name, v);
+            }
+        }
+    }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!(
@@ -228,7 +240,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         .record(elapsed.as_secs_f64());
     state
         .usage
-        .record(caller.as_deref(), persons, label, status);
+        .record(outcome.caller.as_deref(), outcome.persons, label, status);
     span.in_scope(|| {
         tracing::info!(
             target: "krr::access",
@@ -239,6 +251,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     });
     resp
 }
+
+/// `RateLimit-Policy` (IETF httpapi-ratelimit-headers draft).
+const RATELIMIT_POLICY: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+const RATELIMIT: hyper::header::HeaderName = hyper::header::HeaderName::from_static("ratelimit");
 
 /// A request counted in progress until dropped (also when its connection goes away).
 struct InFlight<'a>(&'a AppState);

@@ -11,12 +11,14 @@
 //! that could hold a personal number (an 11-digit run, or not plain ASCII) is never made:
 //! such a caller counts as `unrecognised`.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::auth::Principal;
+use crate::http::quota::Standing;
 
 tokio::task_local! {
     static FACTS: Facts;
@@ -27,17 +29,38 @@ tokio::task_local! {
 struct Facts {
     caller: RefCell<Option<Arc<Principal>>>,
     persons: Cell<u64>,
+    standing: Cell<Option<Standing>>,
+}
+
+/// What [`scope`] found out about a request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The verified caller (none: no valid token).
+    pub caller: Option<Arc<Principal>>,
+    /// Persons returned.
+    pub persons: u64,
+    /// The caller's quota standing, when it has a quota and was checked.
+    pub standing: Option<Standing>,
 }
 
 /// Runs `f` (one request) with a place for its facts.
-pub async fn scope<F: Future>(f: F) -> (F::Output, Option<Arc<Principal>>, u64) {
+pub async fn scope<F: Future>(f: F) -> (F::Output, Outcome) {
     FACTS
         .scope(Facts::default(), async {
             let out = f.await;
-            let (caller, persons) = FACTS.with(|facts| (facts.caller.take(), facts.persons.get()));
-            (out, caller, persons)
+            let outcome = FACTS.with(|facts| Outcome {
+                caller: facts.caller.take(),
+                persons: facts.persons.get(),
+                standing: facts.standing.get(),
+            });
+            (out, outcome)
         })
         .await
+}
+
+/// Notes the caller's quota standing (for the `RateLimit` headers of the answer).
+pub fn standing(s: Standing) {
+    let _ = FACTS.try_with(|facts| facts.standing.set(Some(s)));
 }
 
 /// Notes the verified caller of the current request.
@@ -69,12 +92,14 @@ fn safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && crate::http::request_id::acceptable(s.as_bytes())
 }
 
-/// The consumer key of a caller (see the module doc).
-pub fn key(p: &Principal) -> String {
+/// The consumer key of a caller (see the module doc); also the key of its quota.
+pub fn key(p: &Principal) -> Cow<'_, str> {
     match (&p.consumer, &p.client) {
-        (Some(org), _) if org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()) => org.clone(),
-        (None, Some(client)) if safe(client) => format!("client:{client}"),
-        _ => UNRECOGNISED.to_string(),
+        (Some(org), _) if org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()) => {
+            Cow::Borrowed(org)
+        }
+        (None, Some(client)) if safe(client) => Cow::Owned(format!("client:{client}")),
+        _ => Cow::Borrowed(UNRECOGNISED),
     }
 }
 

@@ -132,3 +132,235 @@ async fn past_max_in_flight_requests_are_shed_at_once_with_retry_after() {
     let again = post(&s, "/rest/v1/personer", &t, &body).await;
     assert_eq!(again.status, StatusCode::OK);
 }
+
+/// A machine token of organisation `org` with every global scope.
+fn org_token(org: &str) -> String {
+    token(krr::dev::mint::MintOptions {
+        scope: ALL_SCOPES.into(),
+        consumer: org.into(),
+        ..Default::default()
+    })
+}
+
+/// A batch of `n` of the register's ids.
+fn batch(s: &Server, n: usize) -> String {
+    let ids: Vec<&str> = s.register.iter().take(n).map(id).collect();
+    ids_body(&ids)
+}
+
+async fn rejections(s: &Server, org: &str) -> f64 {
+    let text = admin(s, Method::GET, "/metrics").await;
+    metric(
+        std::str::from_utf8(&text.body).unwrap(),
+        "krr_quota_rejections_total",
+        &format!("consumer=\"{org}\""),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_consumer_over_its_quota_gets_429_until_it_refills_and_others_are_untouched() {
+    // 5 persons at once, one more a second.
+    let s = start(Options {
+        quotas: krr::http::quota::QuotaSettings {
+            persons_per_second: Some(1),
+            burst: Some(5),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let a = org_token("974760673");
+    let b = org_token("889640782");
+    let rejected_before = rejections(&s, "974760673").await;
+    // A batch of 3 and two single ids use up the burst; each answer says what is left.
+    let first = post(&s, "/rest/v1/personer", &a, &batch(&s, 3)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        "\"persons\";q=5;qu=\"persons\";w=5"
+    );
+    assert_eq!(first.header("ratelimit"), "\"persons\";r=2;t=3");
+    for left in [1, 0] {
+        let r = post(&s, "/rest/v1/personer", &a, &batch(&s, 1)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!("\"persons\";r={left};")),
+            "{}",
+            r.header("ratelimit")
+        );
+    }
+    // The next is refused with nothing done, and says when to come back.
+    let refused = post(&s, "/rest/v1/personer", &a, &batch(&s, 1)).await;
+    check_error(
+        &refused,
+        429,
+        "this consumer's quota of persons is used up; nothing was done, try again after Retry-After seconds",
+    );
+    assert_eq!(refused.header("retry-after"), "1");
+    assert!(refused.header("ratelimit").starts_with("\"persons\";r=0;"));
+    assert!(!refused.header("x-request-id").is_empty());
+    assert_eq!(rejections(&s, "974760673").await, rejected_before + 1.0);
+    // A batch larger than the burst can never be served: 400, not an endless 429 (to a
+    // consumer within its quota: one over it is refused before its body is read).
+    let too_large = post(&s, "/rest/v1/personer", &b, &batch(&s, 6)).await;
+    check_error(
+        &too_large,
+        400,
+        "this request asks for 6 persons, more than this consumer's quota allows at once (5); send smaller batches",
+    );
+    // Another consumer has its own bucket (the refused batch cost it nothing).
+    for _ in 0..5 {
+        let r = post(&s, "/rest/v1/personer", &b, &batch(&s, 1)).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // After the wait, served again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = post(&s, "/rest/v1/personer", &a, &batch(&s, 1)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    // A citizen's own lookup costs one person of its client's quota ("client:krr-token").
+    let pid = id(&s.register[0]).to_string();
+    let citizen = user("krr:user/kontaktinformasjon.read", &pid);
+    let r = call(
+        s.addr,
+        Method::GET,
+        "/rest/v1/person",
+        &[("Authorization", &format!("Bearer {citizen}"))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("ratelimit"), "\"persons\";r=4;t=1");
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn the_quota_file_overrides_per_consumer_and_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quotas.toml");
+    write(
+        &file,
+        "# per-consumer quotas\n[consumers.\"974760673\"]\npersons_per_second = 1\nburst = 3\n",
+    );
+    let s = start(Options {
+        quotas: krr::http::quota::QuotaSettings {
+            file: Some(file.clone()),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let limited = org_token("974760673");
+    let free = org_token("889640782");
+    for _ in 0..3 {
+        let r = post(&s, "/rest/v1/personer", &limited, &batch(&s, 1)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.header("ratelimit-policy").contains(";q=3;"));
+    }
+    assert_eq!(
+        post(&s, "/rest/v1/personer", &limited, &batch(&s, 1))
+            .await
+            .status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A consumer without an override, and no default: no quota, no RateLimit headers.
+    let r = post(&s, "/rest/v1/personer", &free, &batch(&s, 1000)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("ratelimit").is_none());
+    assert!(r.headers.get("ratelimit-policy").is_none());
+    // A larger burst, reloaded: what was used stays counted, the new room is there at once.
+    write(
+        &file,
+        "[consumers.\"974760673\"]\npersons_per_second = 1\nburst = 10\n",
+    );
+    let v = reload(&s).await;
+    assert_eq!(v["quotas"]["result"], "reloaded", "{v}");
+    assert_eq!(v["quotas"]["consumers"], 1);
+    let r = post(&s, "/rest/v1/personer", &limited, &batch(&s, 5)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("ratelimit-policy").contains(";q=10;"));
+    // A broken file is refused with the reason; the quotas in force stay.
+    write(
+        &file,
+        "[consumers.\"974760673\"]\npersons_per_second = 1\nburst = 10\nbrust = 3\n",
+    );
+    let r = admin(&s, Method::POST, "/admin/reload").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let v = r.json();
+    assert_eq!(v["quotas"]["result"], "failed");
+    let reason = v["quotas"]["reason"].as_str().unwrap();
+    assert!(reason.contains("line 4"), "{reason}");
+    assert!(reason.contains("unknown field `brust`"), "{reason}");
+    let r = post(&s, "/rest/v1/personer", &limited, &batch(&s, 1)).await;
+    assert!(r.header("ratelimit-policy").contains(";q=10;"));
+}
+
+#[tokio::test]
+async fn quota_settings_and_files_that_cannot_be_used_stop_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "[consumers.\"974760673\"]\npersons_per_second = \"many\"\n",
+            "line 2: invalid type: string \"many\", expected u64",
+        ),
+        (
+            "[consumers.\"974760673\"]\nburst = 10\n",
+            "line 1: missing field `persons_per_second`",
+        ),
+        (
+            "[consumers.\"974760673\"]\npersons_per_second = 0\n",
+            "line 1: [consumers.\"974760673\"]: persons_per_second must be at least 1",
+        ),
+        (
+            "[consumers.\"20914695016\"]\npersons_per_second = 5\n",
+            "line 1: [consumers.\"…\"]: a consumer is a 9-digit organisation number or client:<client_id>",
+        ),
+        ("[consumers\n", "line 1: "),
+        ("[limits]\n", "unknown field `limits`"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("q{i}.toml"));
+        write(&file, text);
+        let settings = krr::http::quota::QuotaSettings {
+            file: Some(file.clone()),
+            ..Default::default()
+        };
+        let e = krr::http::quota::Quotas::new(settings)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("the quota file {}", file.display())),
+            "{e}"
+        );
+        assert!(e.contains(want), "case {i}: {e}");
+        assert!(!e.contains("20914695016"), "{e}");
+    }
+    let missing = dir.path().join("nowhere.toml");
+    let e = krr::http::quota::Quotas::new(krr::http::quota::QuotaSettings {
+        file: Some(missing.clone()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "cannot read the quota file {}: ",
+            missing.display()
+        )),
+        "{e}"
+    );
+    let e = krr::http::quota::Quotas::new(krr::http::quota::QuotaSettings {
+        share: 1.5,
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "--quota-share must be above 0 and at most 1 (1/N for N replicas), not 1.5"
+    );
+}

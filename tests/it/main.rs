@@ -29,6 +29,7 @@ mod journal_faults;
 mod nightly;
 mod ops;
 mod replicas;
+mod replicas_quota;
 mod shutdown;
 mod snapshot;
 mod store;

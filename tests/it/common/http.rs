@@ -53,6 +53,8 @@ pub struct Options {
     pub journal: krr::journal::JournalOptions,
     /// Serve the API over TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Per-consumer quotas.
+    pub quotas: krr::http::quota::QuotaSettings,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             journal_dir: None,
             journal: krr::journal::JournalOptions::default(),
             tls: None,
+            quotas: krr::http::quota::QuotaSettings::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ pub async fn start(opts: Options) -> Server {
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         watch: false,
         tls: opts.tls,
+        quotas: opts.quotas,
         ..Config::default()
     };
     let Prepared {
