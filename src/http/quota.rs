@@ -376,41 +376,60 @@ fn table(settings: &QuotaSettings) -> Result<Table, QuotaError> {
     let default = settings
         .persons_per_second
         .map(|rate| Limit::new(rate, settings.burst, settings.share));
-    let mut consumers = HashMap::new();
-    if let Some(path) = &settings.file {
-        let text = std::fs::read_to_string(path).map_err(|cause| QuotaError::Read {
-            path: path.clone(),
-            cause,
-        })?;
-        let file: File = toml::from_str(&text).map_err(|e| QuotaError::Parse {
-            path: path.clone(),
-            line: e
-                .span()
-                .map_or(1, |s| text[..s.start].matches('\n').count() + 1),
-            message: scrub(e.message()),
-        })?;
-        for (key, o) in file.consumers {
-            let invalid = |what: &str| QuotaError::Parse {
+    let consumers = match &settings.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|cause| QuotaError::Read {
                 path: path.clone(),
-                line: line_of(&text, &key),
-                message: format!("[consumers.\"{}\"]: {what}", scrub(&key)),
-            };
-            if !valid_key(&key) {
-                return Err(invalid(
-                    "a consumer is a 9-digit organisation number or client:<client_id>",
-                ));
-            }
-            if o.persons_per_second == 0 {
-                return Err(invalid("persons_per_second must be at least 1"));
-            }
-            if o.burst == Some(0) {
-                return Err(invalid("burst must be at least 1"));
-            }
-            let limit = Limit::new(o.persons_per_second, o.burst, settings.share);
-            consumers.insert(key, limit);
+                cause,
+            })?;
+            overrides(&text, path, settings.share)?
         }
-    }
+        None => HashMap::new(),
+    };
     Ok(Table { default, consumers })
+}
+
+/// Checks the text of a quota file (named `path` in errors); returns how many consumers
+/// it gives a quota.
+pub fn parse_file(text: &str, path: &std::path::Path) -> Result<usize, QuotaError> {
+    overrides(text, path, 1.0).map(|c| c.len())
+}
+
+/// The per-consumer limits of a quota file's `text`.
+fn overrides(
+    text: &str,
+    path: &std::path::Path,
+    share: f64,
+) -> Result<HashMap<String, Limit>, QuotaError> {
+    let file: File = toml::from_str(text).map_err(|e| QuotaError::Parse {
+        path: path.to_path_buf(),
+        line: e
+            .span()
+            .and_then(|s| text.get(..s.start))
+            .map_or(1, |before| before.matches('\n').count() + 1),
+        message: scrub(e.message()),
+    })?;
+    let mut consumers = HashMap::new();
+    for (key, o) in file.consumers {
+        let invalid = |what: &str| QuotaError::Parse {
+            path: path.to_path_buf(),
+            line: line_of(text, &key),
+            message: format!("[consumers.\"{}\"]: {what}", scrub(&key)),
+        };
+        if !valid_key(&key) {
+            return Err(invalid(
+                "a consumer is a 9-digit organisation number or client:<client_id>",
+            ));
+        }
+        if o.persons_per_second == 0 {
+            return Err(invalid("persons_per_second must be at least 1"));
+        }
+        if o.burst == Some(0) {
+            return Err(invalid("burst must be at least 1"));
+        }
+        consumers.insert(key, Limit::new(o.persons_per_second, o.burst, share));
+    }
+    Ok(consumers)
 }
 
 /// A consumer key the service can meet (see [`crate::http::usage::key`]).

@@ -1,7 +1,7 @@
 //! In-process fuzzing on the stable toolchain: seeded, structure-aware mutation of the
 //! committed corpora (`tests/fuzz/corpus/<target>/`) against every parser a client or a
 //! file can reach: the `/personer` and PATCH bodies, `Accept-Encoding`, the token verifier,
-//! the gzip encoder (round trips through another decoder), the export's line
+//! the gzip encoder (round trips through another decoder), the quota file, the export's line
 //! parser, the journal's recovery scan, and the snapshot header and verification. Each
 //! target must answer every input with a value or an error: a panic, a stack overflow (the
 //! process dies) or an accepted forgery fails the run. Inputs that once failed are kept in
@@ -425,6 +425,22 @@ fn deflate_round_trip() {
             Ok(())
         } else {
             Err(format!("{} bytes came back as {}", input.len(), back.len()))
+        }
+    });
+}
+
+#[test]
+fn quota_file() {
+    let path = Path::new("quotas.toml");
+    run("quota_file", &mut |input| {
+        let text = String::from_utf8_lossy(input);
+        match no_panic(|| krr::http::quota::parse_file(&text, path))? {
+            Ok(_) => Ok(()),
+            // An operator's file may hold anything; its errors never repeat an 11-digit run.
+            Err(e) if crate::common::http::has_personal_number(&e.to_string()) => {
+                Err(format!("error repeats a personal number: {e}"))
+            }
+            Err(_) => Ok(()),
         }
     });
 }
