@@ -21,6 +21,9 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) -> Flusher {
     let filter = filter(std::env::var("KRR_LOG").ok().as_deref());
     let flusher = Flusher::start();
+    // Access lines are formatted by `krr::http::access` and join the same buffer.
+    let pending = flusher.pending.clone();
+    krr::http::access::install(format == LogFormat::Json, move |line| pending.append(line));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(flusher.writer());
@@ -45,6 +48,21 @@ pub const MAX_PENDING: usize = 1 << 20;
 pub struct Pending(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Pending {
+    /// Appends whole lines; past [`MAX_PENDING`] writes everything gathered itself.
+    fn append(&self, lines: &[u8]) {
+        let full = {
+            let mut p = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.extend_from_slice(lines);
+            (p.len() > MAX_PENDING).then(|| std::mem::take(&mut *p))
+        };
+        if let Some(bytes) = full {
+            write_lines(&bytes);
+        }
+    }
+
     fn take(&self) -> Vec<u8> {
         std::mem::take(
             &mut *self
@@ -97,20 +115,8 @@ impl std::io::Write for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        if self.line.is_empty() {
-            return;
-        }
-        let full = {
-            let mut p = self
-                .pending
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.extend_from_slice(&self.line);
-            (p.len() > MAX_PENDING).then(|| std::mem::take(&mut *p))
-        };
-        if let Some(bytes) = full {
-            write_lines(&bytes);
+        if !self.line.is_empty() {
+            self.pending.append(&self.line);
         }
     }
 }

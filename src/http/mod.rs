@@ -17,6 +17,7 @@
 //! slot), request headers within `header_timeout`, the body within `body_timeout` and at
 //! most `max_body_bytes`.
 
+pub mod access;
 pub mod admin;
 pub mod coding;
 pub mod conn;

@@ -11,6 +11,7 @@ use crate::auth::scopes::{SPRAAK_WRITE, USER_HINT};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::request::{Resp, admit, answer, authenticate, negotiate, read_body, require_json};
+use crate::http::usage;
 use crate::journal::{Change, JournalError};
 use crate::model::Spraak;
 use crate::store::lookup::write_person;
@@ -121,14 +122,21 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
             "the service is shutting down; the change was not made",
         )),
         Err(JournalError::Timeout) => {
-            tracing::warn!("journal database did not answer in time");
+            tracing::warn!(
+                request_id = %usage::request_id(),
+                "journal database did not answer in time"
+            );
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the journal database did not confirm the change; it may or may not have been made, setting it again is safe",
             ))
         }
         Err(JournalError::Unavailable(cause)) => {
-            tracing::warn!(%cause, "journal database unavailable");
+            tracing::warn!(
+                request_id = %usage::request_id(),
+                %cause,
+                "journal database unavailable"
+            );
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the journal database is unavailable; the change was not made, try again later",
@@ -147,7 +155,11 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
             "the journal takes no changes until the service is restarted; the change was not made",
         )),
         Err(e) => {
-            tracing::error!(cause = %e, "journal append failed");
+            tracing::error!(
+                request_id = %usage::request_id(),
+                cause = %e,
+                "journal append failed"
+            );
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the change could not be made durable; it was not made",

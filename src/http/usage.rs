@@ -25,8 +25,9 @@ tokio::task_local! {
 }
 
 /// What one request learnt about its caller and answer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Facts {
+    request_id: hyper::header::HeaderValue,
     caller: RefCell<Option<Arc<Principal>>>,
     persons: Cell<u64>,
     standing: Cell<Option<Standing>>,
@@ -43,10 +44,19 @@ pub struct Outcome {
     pub standing: Option<Standing>,
 }
 
-/// Runs `f` (one request) with a place for its facts.
-pub async fn scope<F: Future>(f: F) -> (F::Output, Outcome) {
+/// Runs `f` (one request, known as `request_id`) with a place for its facts.
+pub async fn scope<F: Future>(
+    request_id: hyper::header::HeaderValue,
+    f: F,
+) -> (F::Output, Outcome) {
+    let facts = Facts {
+        request_id,
+        caller: RefCell::default(),
+        persons: Cell::default(),
+        standing: Cell::default(),
+    };
     FACTS
-        .scope(Facts::default(), async {
+        .scope(facts, async {
             let out = f.await;
             let outcome = FACTS.with(|facts| Outcome {
                 caller: facts.caller.take(),
@@ -56,6 +66,13 @@ pub async fn scope<F: Future>(f: F) -> (F::Output, Outcome) {
             (out, outcome)
         })
         .await
+}
+
+/// The current request's id (for a log line a handler writes; empty outside a request).
+pub fn request_id() -> String {
+    FACTS
+        .try_with(|facts| facts.request_id.to_str().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 /// Notes the caller's quota standing (for the `RateLimit` headers of the answer).

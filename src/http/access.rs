@@ -1,0 +1,197 @@
+//! The access log: one line per request of the public API, target `krr::access`, with what
+//! an operator needs (method, route, status, persons, micros, consumer, request id).
+//!
+//! Formatting it through `tracing`'s formatter cost about 4 µs of CPU a request, a sixth of
+//! a single-person lookup. `krr serve` therefore installs a [sink](install) and the line is
+//! written here, in the same shape as the other log lines (JSON or text), into a
+//! thread-local buffer with a cached timestamp: well under a microsecond. The `KRR_LOG`
+//! filter still decides (`krr::access=warn` turns the lines off). Without a sink (the
+//! library embedded, tests) the line is an ordinary `tracing` event.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::OnceLock;
+
+/// One request, as the access line tells it.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// The method's fixed label.
+    pub method: &'static str,
+    /// The route's label.
+    pub route: &'static str,
+    /// The answer's status.
+    pub status: u16,
+    /// Persons returned.
+    pub persons: u64,
+    /// Time to answer, microseconds.
+    pub micros: u64,
+    /// The consumer key (organisation number, `client:<id>`), `-` when none.
+    pub consumer: &'a str,
+    /// The request id (visible ASCII, never an 11-digit run).
+    pub request_id: &'a str,
+}
+
+type WriteFn = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+struct Sink {
+    json: bool,
+    write: WriteFn,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends access lines (whole lines, newline included) to `write`, formatted as JSON or text.
+/// The first call wins.
+pub fn install(json: bool, write: impl Fn(&[u8]) + Send + Sync + 'static) {
+    let _ = SINK.set(Sink {
+        json,
+        write: Box::new(write),
+    });
+}
+
+thread_local! {
+    /// The line being made, and the second whose `YYYY-MM-DDTHH:MM:SS` is cached.
+    static LINE: RefCell<(Vec<u8>, u64, [u8; 19])> = const { RefCell::new((Vec::new(), u64::MAX, [0; 19])) };
+}
+
+/// Writes the access line of `r` (when `krr::access` is enabled at INFO).
+pub fn log(r: &Record<'_>) {
+    if !tracing::enabled!(target: "krr::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some(sink) = SINK.get() else {
+        tracing::info!(
+            target: "krr::access",
+            method = r.method,
+            route = r.route,
+            status = r.status,
+            persons = r.persons,
+            micros = r.micros,
+            consumer = r.consumer,
+            request_id = r.request_id,
+            "request"
+        );
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    LINE.with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return;
+        };
+        let (line, second, stamp) = &mut *cell;
+        if *second != now.as_secs() {
+            *second = now.as_secs();
+            let t = chrono::DateTime::from_timestamp(i64::try_from(now.as_secs()).unwrap_or(0), 0)
+                .unwrap_or_default();
+            let mut s = &mut stamp[..];
+            let _ = write!(s, "{}", t.format("%Y-%m-%dT%H:%M:%S"));
+        }
+        line.clear();
+        format(line, stamp, now.subsec_micros(), r, sink.json);
+        (sink.write)(line);
+    });
+}
+
+/// The line of `r` at `stamp` + `micros`.
+fn format(out: &mut Vec<u8>, stamp: &[u8; 19], micros: u32, r: &Record<'_>, json: bool) {
+    if json {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        out.extend_from_slice(stamp);
+        let _ = write!(
+            out,
+            ".{micros:06}Z\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"method\":\"{}\",\"route\":\"{}\",\"status\":{},\"persons\":{},\"micros\":{},\"consumer\":\"",
+            r.method, r.route, r.status, r.persons, r.micros
+        );
+        escaped(out, r.consumer);
+        out.extend_from_slice(b"\",\"request_id\":\"");
+        escaped(out, r.request_id);
+        out.extend_from_slice(b"\"},\"target\":\"krr::access\"}\n");
+    } else {
+        out.extend_from_slice(stamp);
+        let _ = write!(
+            out,
+            ".{micros:06}Z  INFO krr::access: request method=\"{}\" route=\"{}\" status={} persons={} micros={} consumer=\"",
+            r.method, r.route, r.status, r.persons, r.micros
+        );
+        escaped(out, r.consumer);
+        out.extend_from_slice(b"\" request_id=\"");
+        escaped(out, r.request_id);
+        out.extend_from_slice(b"\"\n");
+    }
+}
+
+/// `s` inside a JSON (or quoted text) string: `"` and `\` escaped, anything that is not
+/// visible ASCII as `\u00XX` (the values are visible ASCII already; this keeps a line a
+/// line whatever comes).
+fn escaped(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0x21..=0x7e | b' ' => out.push(b),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(consumer: &'a str, request_id: &'a str) -> Record<'a> {
+        Record {
+            method: "POST",
+            route: "/rest/v1/personer",
+            status: 200,
+            persons: 1000,
+            micros: 5120,
+            consumer,
+            request_id,
+        }
+    }
+
+    #[test]
+    fn json_lines_have_the_shape_of_the_other_log_lines_and_parse() {
+        let mut out = Vec::new();
+        format(
+            &mut out,
+            b"2026-12-02T15:04:05",
+            7,
+            &record("991825827", "nav-\"1\"\\x"),
+            true,
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timestamp"], "2026-12-02T15:04:05.000007Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "krr::access");
+        let f = &v["fields"];
+        assert_eq!(f["message"], "request");
+        assert_eq!(f["method"], "POST");
+        assert_eq!(f["route"], "/rest/v1/personer");
+        assert_eq!(f["status"], 200);
+        assert_eq!(f["persons"], 1000);
+        assert_eq!(f["micros"], 5120);
+        assert_eq!(f["consumer"], "991825827");
+        assert_eq!(f["request_id"], "nav-\"1\"\\x");
+    }
+
+    #[test]
+    fn text_lines_are_one_line_whatever_the_values() {
+        let mut out = Vec::new();
+        format(
+            &mut out,
+            b"2026-12-02T15:04:05",
+            123_456,
+            &record("-", "a\nb"),
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-12-02T15:04:05.123456Z  INFO krr::access: request method=\"POST\" route=\"/rest/v1/personer\" status=200 persons=1000 micros=5120 consumer=\"-\" request_id=\"a\\u000ab\"\n"
+        );
+    }
+}
