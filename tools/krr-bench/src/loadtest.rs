@@ -77,6 +77,9 @@ pub struct LoadOptions {
     /// The largest HTTP/2 frame the client accepts (`SETTINGS_MAX_FRAME_SIZE`; default
     /// 16 KiB).
     pub h2_frame_size: Option<u32>,
+    /// After a 429 or 503 with `Retry-After`, the connection waits that long (at most
+    /// 5 s) before its next request, as a well-behaved client does.
+    pub honour_retry_after: bool,
 }
 
 /// One lookup of a timeline: when it was sent (Unix time, microseconds), how long its
@@ -500,9 +503,14 @@ async fn connection(
         }
         .expect("valid request");
         let sent = Instant::now();
+        let mut retry_after = None;
         let answer = async {
             let resp = s.send(req).await?;
             let status = resp.status();
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let coding = resp
                 .headers()
                 .get("content-encoding")
@@ -575,6 +583,12 @@ async fn connection(
                 latency_us: micros,
                 ok: report.error_count() == failures,
             });
+        }
+        if let Some(secs) = retry_after.filter(|_| opts.honour_retry_after) {
+            // Shed or over quota: come back when told (the refusal is counted as an error).
+            let wait = Duration::from_secs(secs.min(5));
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(wait.min(left)).await;
         }
     }
     report

@@ -195,6 +195,10 @@ struct LoadtestArgs {
     /// HTTP/2's 16384).
     #[arg(long, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     h2_frame_size: Option<u32>,
+    /// After a 429 or 503 with Retry-After, a connection waits that long (at most 5 s)
+    /// before its next request, as a well-behaved client does.
+    #[arg(long)]
+    honour_retry_after: bool,
     /// Write every lookup as a CSV line `sent_unix_us,latency_us,ok` to this file (to see
     /// latency over time, e.g. around a snapshot swap).
     #[arg(long)]
@@ -342,6 +346,7 @@ fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<ExitCode> {
         verify_every: a.verify_every,
         http2: a.http2,
         h2_frame_size: a.h2_frame_size,
+        honour_retry_after: a.honour_retry_after,
     };
     let report = runtime()?.block_on(loadtest::run(opts.clone()))?;
     if let Some(path) = &a.timeline {

@@ -2,8 +2,8 @@
 //! driven the way `krr-bench loadtest` drives the service, for a side-by-side comparison.
 //!
 //! - Redis: one key per person (the 11 digits) holding that person's full JSON exactly as
-//!   the service renders it with every group; a request is `MGET` of `batch` keys, and
-//!   every one of them must come back.
+//!   the service renders it with every group; a request is `MGET` of `batch` keys (`GET`
+//!   of one), and every one of them must come back.
 //! - PostgreSQL: `persons (id bigint PRIMARY KEY, data jsonb NOT NULL)`; a request is the
 //!   prepared `SELECT data FROM persons WHERE id = ANY($1)` with an `int8[]` of `batch`
 //!   ids, and one row must come back per distinct id.
@@ -37,7 +37,7 @@ use krr::snapshot::Snapshot;
 /// Which peer to drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
-    /// Redis: `MGET` of `batch` keys.
+    /// Redis: `MGET` of `batch` keys (`GET` of one).
     Redis,
     /// PostgreSQL: `SELECT data FROM persons WHERE id = ANY($1)`.
     Postgres,
@@ -316,6 +316,7 @@ impl PeerOptions {
             verify_every: 1,
             http2: false,
             h2_frame_size: None,
+            honour_retry_after: false,
         }
     }
 
@@ -437,7 +438,8 @@ async fn connection(opts: &PeerOptions, n: u64, conn: Conn, deadline: Instant) -
         };
         match c {
             Conn::Redis(con) => {
-                let mut cmd = redis::cmd("MGET");
+                // One id: `GET`, as a cache in front of single lookups is asked.
+                let mut cmd = redis::cmd(if opts.batch == 1 { "GET" } else { "MGET" });
                 draw(&opts.ids, opts.batch, &mut rng, &mut picks);
                 for id in &picks {
                     cmd.arg(&id.digits()[..]);
@@ -445,6 +447,10 @@ async fn connection(opts: &PeerOptions, n: u64, conn: Conn, deadline: Instant) -
                 let sent = Instant::now();
                 let answer = cmd.query_async::<redis::Value>(con).await;
                 let micros = sent.elapsed().as_micros() as u64;
+                let answer = answer.map(|v| match v {
+                    one @ redis::Value::BulkString(_) => redis::Value::Array(vec![one]),
+                    other => other,
+                });
                 match answer {
                     Ok(redis::Value::Array(values)) => {
                         let got = values

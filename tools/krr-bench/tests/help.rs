@@ -34,7 +34,9 @@ const ADDED_TO_LOADTEST: &str = "--accept-encoding <ACCEPT_ENCODING> `Accept-Enc
     choose for it --verify-every <VERIFY_EVERY> Decompress and count every n-th coded answer of \
     each connection [default: 16] --http2 HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1 \
     --h2-frame-size <H2_FRAME_SIZE> With --http2: the largest frame the client accepts (16384 to \
-    16777215; default HTTP/2's 16384) ";
+    16777215; default HTTP/2's 16384) --honour-retry-after After a 429 or 503 with Retry-After, \
+    a connection waits that long (at most 5 s) before its next request, as a well-behaved client \
+    does ";
 
 #[test]
 fn the_moved_commands_keep_their_flags() {
