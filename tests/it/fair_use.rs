@@ -202,6 +202,17 @@ async fn a_consumer_over_its_quota_gets_429_until_it_refills_and_others_are_unto
     assert!(refused.header("ratelimit").starts_with("\"persons\";r=0;"));
     assert!(!refused.header("x-request-id").is_empty());
     assert_eq!(rejections(&s, "974760673").await, rejected_before + 1.0);
+    // As the OpenAPI document describes it.
+    let doc = call(s.addr, Method::GET, "/openapi.json", &[], "")
+        .await
+        .json();
+    crate::ops::validate(
+        &doc,
+        "over quota",
+        "/rest/v1/personer",
+        &Method::POST,
+        &refused,
+    );
     // A batch larger than the burst can never be served: 400, not an endless 429 (to a
     // consumer within its quota: one over it is refused before its body is read).
     let too_large = post(&s, "/rest/v1/personer", &b, &batch(&s, 6)).await;

@@ -572,7 +572,7 @@ async fn real_answers_validate_against_the_openapi_document() {
 type Case<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, String);
 
 /// Checks `a` against the document's schema for `path`, `method` and its status.
-fn validate(doc: &Value, what: &str, path: &str, method: &Method, a: &Answer) {
+pub(crate) fn validate(doc: &Value, what: &str, path: &str, method: &Method, a: &Answer) {
     let status = a.status.as_u16().to_string();
     let item = format!("/paths/{}", path.replace('~', "~0").replace('/', "~1"));
     let mut op = format!("{item}/{}", method.as_str().to_lowercase());
