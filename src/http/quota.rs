@@ -38,7 +38,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
-use crate::http::personer::MAX_IDS;
+/// One full batch: a burst left out is never smaller (`personer::MAX_IDS`, which this
+/// module does not import: the handlers import it).
+const ONE_BATCH: u64 = 1000;
 
 /// Quotas as configured (`krr serve`'s flags).
 #[derive(Clone, Debug, PartialEq)]
@@ -112,7 +114,7 @@ impl Limit {
     #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     fn new(persons_per_second: u64, burst: Option<u64>, share: f64) -> Limit {
         let burst = burst
-            .unwrap_or(persons_per_second.max(MAX_IDS as u64))
+            .unwrap_or(persons_per_second.max(ONE_BATCH))
             .max(1);
         let rate = (persons_per_second as f64 * share).max(1e-9);
         let interval = ((1e9 / rate).ceil() as u64).max(1);
@@ -609,6 +611,7 @@ mod tests {
 
     #[test]
     fn the_default_burst_is_a_second_and_at_least_a_batch() {
+        assert_eq!(ONE_BATCH, crate::http::personer::MAX_IDS as u64);
         assert_eq!(Limit::new(200_000, None, 1.0).burst, 200_000);
         assert_eq!(Limit::new(10, None, 1.0).burst, 1000);
         let l = Limit::new(200_000, Some(400_000), 1.0);
