@@ -28,6 +28,9 @@ pub struct WriteDeadline<S> {
     /// hyper's bodiless error answer being written as the JSON one: the bytes, how many
     /// are written, and the length of hyper's buffer (reported once all are written).
     rewrite: Option<(Vec<u8>, usize, usize)>,
+    /// The connection's admission gate and a waker made of it: reads wake through it
+    /// ([`crate::http::gate`]).
+    gate: Option<(std::sync::Arc<crate::http::gate::Gate>, std::task::Waker)>,
 }
 
 impl<S> WriteDeadline<S> {
@@ -38,7 +41,16 @@ impl<S> WriteDeadline<S> {
             timeout,
             stalled: None,
             rewrite: None,
+            gate: None,
         }
+    }
+
+    /// Reads wake the connection through `gate`, which judges each arrival.
+    pub fn with_gate(mut self, gate: std::sync::Arc<crate::http::gate::Gate>) -> Self {
+        gate.enable();
+        let waker = std::task::Waker::from(gate.clone());
+        self.gate = Some((gate, waker));
+        self
     }
 
     /// Pending: arms (or polls) the stall clock; once it runs out the write fails.
@@ -82,7 +94,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        match &this.gate {
+            Some((gate, waker)) => {
+                gate.register(cx.waker());
+                Pin::new(&mut this.inner).poll_read(&mut Context::from_waker(waker), buf)
+            }
+            None => Pin::new(&mut this.inner).poll_read(cx, buf),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod coding;
 pub mod conn;
 pub mod error;
 pub mod feed;
+pub mod gate;
 pub mod jose;
 pub mod person;
 pub mod personer;

@@ -113,9 +113,7 @@ impl Limit {
     // saturate at u64::MAX when cast.
     #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     fn new(persons_per_second: u64, burst: Option<u64>, share: f64) -> Limit {
-        let burst = burst
-            .unwrap_or(persons_per_second.max(ONE_BATCH))
-            .max(1);
+        let burst = burst.unwrap_or(persons_per_second.max(ONE_BATCH)).max(1);
         let rate = (persons_per_second as f64 * share).max(1e-9);
         let interval = ((1e9 / rate).ceil() as u64).max(1);
         let local_burst = ((burst as f64 * share).floor() as u64).max(1);

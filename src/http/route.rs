@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::http::AppState;
 use crate::http::coding::{self, Coding};
 use crate::http::error::ApiError;
+use crate::http::gate::Admission;
 use crate::http::request::Resp;
 use crate::http::{feed, person, personer, print, request_id, usage};
 
@@ -169,7 +170,7 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// Answers one request of the public API (see the module doc).
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Admission) -> Resp {
     let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
     let route = find(ROUTES, &path);
@@ -188,8 +189,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         consumer = tracing::field::Empty,
         persons = tracing::field::Empty,
     );
-    // Past --max-in-flight the request is answered at once, before anything is read.
-    let in_flight = InFlight::enter(&state);
+    // Past --max-in-flight the request is answered at once, before anything is read: an
+    // HTTP/1.1 request was judged when it arrived ([`crate::http::gate`]), an HTTP/2 one
+    // is counted now.
+    // `None`: shed; `Some(None)`: counted by the gate already.
+    let in_flight = match admission {
+        Admission::Count => InFlight::enter(&state).map(Some),
+        Admission::Counted => Some(None),
+        Admission::Refused => None,
+    };
     let work = async {
         if in_flight.is_none() {
             metrics::counter!(crate::metrics::REQUESTS_SHED, "route" => label).increment(1);

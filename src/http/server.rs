@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::http::AppState;
 use crate::http::conn::WriteDeadline;
+use crate::http::gate::{Admission, Gate};
 
 /// A connection's read buffer: the largest request head (headers with a large token fit
 /// several times) and the most pipelined bytes a client can queue ahead of its answers.
@@ -76,16 +77,21 @@ pub async fn serve(
         let write_timeout = state.limits.write_timeout;
         let handshake_timeout = state.limits.header_timeout;
         let activity = Arc::new(Activity::new());
+        let gate = Gate::new(state.clone());
         let svc = {
             let state = state.clone();
             let activity = activity.clone();
+            let gate = gate.clone();
             service_fn(move |req| {
                 let state = state.clone();
                 let busy = Busy::enter(activity.clone());
+                let admitted = Admitted::start(&gate);
                 async move {
                     let _busy = busy;
+                    // Held (whole) until the answer is made.
+                    let admitted = admitted;
                     Ok::<_, Infallible>(match which {
-                        Listener::Api => super::route::handle(state, req).await,
+                        Listener::Api => super::route::handle(state, req, admitted.0).await,
                         Listener::Admin => super::admin::handle(state, req).await,
                     })
                 }
@@ -120,7 +126,11 @@ pub async fn serve(
                         }
                     };
                     let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
+                    let mut io = WriteDeadline::new(stream, write_timeout);
+                    if !h2 {
+                        io = io.with_gate(gate);
+                    }
+                    let io = TokioIo::new(io);
                     let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
                     if h2 {
                         close_when_idle(served, &activity, handshake_timeout).await
@@ -149,7 +159,11 @@ pub async fn serve(
                     metrics::counter!(crate::metrics::TLS_CONNECTIONS, "protocol" => if h2 { "h2" } else { "http/1.1" })
                         .increment(1);
                     let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    let io = TokioIo::new(WriteDeadline::new(tls, write_timeout));
+                    let mut io = WriteDeadline::new(tls, write_timeout);
+                    if !h2 {
+                        io = io.with_gate(gate);
+                    }
+                    let io = TokioIo::new(io);
                     let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
                     if h2 {
                         close_when_idle(served, &activity, handshake_timeout).await
@@ -262,6 +276,24 @@ impl Activity {
 
     fn busy(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+}
+
+/// A request's admission on its connection's [`Gate`], its place freed when dropped (the
+/// answer made, or the request abandoned).
+struct Admitted(Admission, Arc<Gate>);
+
+impl Admitted {
+    fn start(gate: &Arc<Gate>) -> Admitted {
+        Admitted(gate.start(), gate.clone())
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.0 != Admission::Count {
+            self.1.finish();
+        }
     }
 }
 
