@@ -76,7 +76,8 @@ pub fn log(r: &Record<'_>) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    LINE.with(|cell| {
+    // `try_with`: nothing is written by a thread whose locals are being destroyed.
+    let _ = LINE.try_with(|cell| {
         let Ok(mut cell) = cell.try_borrow_mut() else {
             return;
         };

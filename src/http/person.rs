@@ -10,7 +10,9 @@ use simd_json::prelude::*;
 use crate::auth::scopes::{SPRAAK_WRITE, USER_HINT};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::request::{Resp, admit, answer, authenticate, negotiate, read_body, require_json};
+use crate::http::request::{
+    Resp, admit, answer, authenticate, charge, negotiate, read_body, require_json,
+};
 use crate::http::usage;
 use crate::journal::{Change, JournalError};
 use crate::model::Spraak;
@@ -26,9 +28,9 @@ pub async fn person<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiEr
         ApiError::insufficient_scope(USER_HINT, "the token names no person (no pid claim)")
     })?;
     let format = negotiate(req.headers(), state.signer.is_some())?;
-    admit(state, &principal, 1, false)?;
     let snapshot = state.store.current();
     let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
+    admit(state, &principal, 1, false)?;
     let mut out = Vec::with_capacity(2048);
     if !write_person(snapshot, state.store.overlay(), pid, groups, &mut out) {
         return Err(ApiError::new(
@@ -85,7 +87,9 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
     require_json(req.headers())?;
     let mut body = read_body(state, req).await?;
     let spraak = parse_spraak(&mut body)?;
-    admit(state, &principal, 1, false)?;
+    // Over the quota: refused with nothing written. Within it the change is charged once it
+    // is made, so a change that fails (the journal down) costs nothing.
+    admit(state, &principal, 1, true)?;
     {
         let snapshot = state.store.current();
         let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
@@ -113,6 +117,7 @@ pub async fn patch_person(state: &AppState, req: Request<Incoming>) -> Result<Re
     })?;
     match journal.append(Change::SetSpraak { id: pid, spraak }).await {
         Ok(_) => {
+            charge(state, &principal, 1);
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)

@@ -122,10 +122,11 @@ pub async fn personer(
             "this token may only look up the person it was issued for",
         ));
     }
-    // Every id asked for costs one person, found or not.
-    admit(state, &principal, request.ids.len() as u64, false)?;
     let snapshot = state.store.current();
     let snapshot = snapshot.as_ref().ok_or_else(ApiError::no_snapshot)?;
+    // Every id asked for costs one person, found or not; charged before the lookup, so
+    // concurrent batches cannot overdraw the quota.
+    admit(state, &principal, request.ids.len() as u64, false)?;
     let opts = if v2 {
         BatchOptions::v2(groups, request.inkluder_ikke_registrerte)
     } else {
