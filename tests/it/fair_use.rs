@@ -432,3 +432,57 @@ async fn quota_settings_and_files_that_cannot_be_used_stop_the_start_with_the_re
         "--quota-share must be above 0 and at most 1 (1/N for N replicas), not 1.5"
     );
 }
+
+#[test]
+fn sighup_rereads_the_quota_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("snapshots")).unwrap();
+    let (_, krr) = crate::common::register(dir.path(), "reg", 20, 3);
+    std::fs::rename(&krr, dir.path().join("snapshots/reg.krr")).unwrap();
+    let file = dir.path().join("quotas.toml");
+    write(
+        &file,
+        "[consumers.\"974760673\"]\npersons_per_second = 1\nburst = 30\n",
+    );
+    let serve = spawn_serve(
+        dir.path(),
+        &["--quota-file", file.to_str().unwrap()],
+        "info,krr::access=warn",
+    );
+    let t = org_token("974760673");
+    let policy = |rt: &tokio::runtime::Runtime| {
+        let a = rt.block_on(lookup(serve.api, Some(&t), &[]));
+        a.header("ratelimit-policy").to_string()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(policy(&rt), "\"persons\";q=30;qu=\"persons\";w=30");
+    write(
+        &file,
+        "[consumers.\"974760673\"]\npersons_per_second = 2\nburst = 40\n",
+    );
+    let pid = serve.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen = policy(&rt);
+        if seen.contains("q=40") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(seen, "\"persons\";q=40;qu=\"persons\";w=20");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let lines = serve.lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("quota file reloaded") && l.contains("\"consumers\":1")),
+        "no reload line"
+    );
+}

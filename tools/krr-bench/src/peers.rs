@@ -37,7 +37,7 @@ use krr::snapshot::Snapshot;
 /// Which peer to drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
-    /// Redis: `MGET` of `batch` keys (`GET` of one).
+    /// Redis: `MGET` of `batch` keys.
     Redis,
     /// PostgreSQL: `SELECT data FROM persons WHERE id = ANY($1)`.
     Postgres,
