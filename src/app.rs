@@ -337,6 +337,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         tls,
         usage: crate::http::usage::Usage::new(config.limits.metrics_max_consumers),
         quotas,
+        meters: crate::http::meters::Meters::new(),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
     });

@@ -117,7 +117,10 @@ pub async fn hent_endringer(state: &AppState, req: Request<Incoming>) -> Result<
     out.push(b'}');
     metrics::counter!(crate::metrics::FEED_REQUESTS).increment(1);
     metrics::counter!(crate::metrics::FEED_ENTRIES).increment(page.ids.len() as u64);
-    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(page.ids.len() as u64);
+    state
+        .meters
+        .persons_returned
+        .increment(page.ids.len() as u64);
     crate::http::usage::persons(page.ids.len() as u64);
     charge(state, &principal, page.ids.len() as u64);
     answer(state, format, out).await

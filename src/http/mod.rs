@@ -25,6 +25,7 @@ pub mod error;
 pub mod feed;
 pub mod gate;
 pub mod jose;
+pub mod meters;
 pub mod person;
 pub mod personer;
 pub mod print;
@@ -117,6 +118,8 @@ pub struct AppState {
     pub tls: Option<tls::Tls>,
     /// Per-consumer quotas (persons per second and burst).
     pub quotas: quota::Quotas,
+    /// The request path's metric handles.
+    pub meters: meters::Meters,
     /// Usage per consumer (bounded labels).
     pub usage: usage::Usage,
     /// Requests in progress on the public listener.

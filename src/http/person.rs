@@ -38,7 +38,7 @@ pub async fn person<B>(state: &AppState, req: &Request<B>) -> Result<Resp, ApiEr
             "the person is not registered",
         ));
     }
-    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(1);
+    state.meters.persons_returned.increment(1);
     crate::http::usage::persons(1);
     answer(state, format, out).await
 }

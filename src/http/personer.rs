@@ -147,7 +147,7 @@ pub async fn personer(
         } else {
             0
         };
-    metrics::counter!(crate::metrics::PERSONS_RETURNED).increment(returned as u64);
+    state.meters.persons_returned.increment(returned as u64);
     crate::http::usage::persons(returned as u64);
     answer(state, format, out).await
 }

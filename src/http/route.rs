@@ -224,7 +224,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
     .instrument(span.clone());
     let (result, outcome) = usage::scope(request_id.clone(), work).await;
     let resp = result.unwrap_or_else(|e| e.into_response(&path));
-    let mut resp = encode(coding, resp).await;
+    let mut resp = encode(&state.meters, coding, resp).await;
     drop(in_flight);
     let headers = resp.headers_mut();
     headers.insert(request_id::HEADER, request_id);
@@ -241,18 +241,16 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!(
-        crate::metrics::HTTP_REQUESTS,
-        "route" => label,
-        "method" => method,
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => label)
-        .record(elapsed.as_secs_f64());
     state
-        .usage
-        .record(outcome.caller.as_deref(), outcome.persons, label, status);
+        .meters
+        .request(label, method, status, elapsed.as_secs_f64());
+    state.usage.record(
+        &state.meters,
+        outcome.caller.as_deref(),
+        outcome.persons,
+        label,
+        status,
+    );
     let consumer = outcome.caller.as_deref().map(usage::key);
     crate::http::access::log(&crate::http::access::Record {
         method,
@@ -302,7 +300,7 @@ impl Drop for InFlight<'_> {
 
 /// `resp` in `coding` when it is a success worth coding (see [`coding`]); every answer gets
 /// `Vary: Accept-Encoding`.
-async fn encode(coding: Coding, resp: Resp) -> Resp {
+async fn encode(meters: &crate::http::meters::Meters, coding: Coding, resp: Resp) -> Resp {
     use http_body_util::BodyExt;
     use hyper::body::Body;
     let (mut parts, body) = resp.into_parts();
@@ -312,10 +310,8 @@ async fn encode(coding: Coding, resp: Resp) -> Resp {
         Some(_) if coding::worth(parts.status, len) => coding,
         _ => Coding::Identity,
     };
-    metrics::counter!(crate::metrics::BODY_BYTES_IDENTITY, "coding" => coding.label())
-        .increment(len as u64);
     let Some(name) = coding.header() else {
-        metrics::counter!(crate::metrics::BODY_BYTES, "coding" => "identity").increment(len as u64);
+        meters.body(coding.label(), "identity", len as u64, len as u64);
         return Resp::from_parts(parts, body);
     };
     let bytes = match body.collect().await {
@@ -323,8 +319,12 @@ async fn encode(coding: Coding, resp: Resp) -> Resp {
         Err(never) => match never {},
     };
     let coded = coding::encode(coding, bytes).await;
-    metrics::counter!(crate::metrics::BODY_BYTES, "coding" => coding.label())
-        .increment(coded.len() as u64);
+    meters.body(
+        coding.label(),
+        coding.label(),
+        len as u64,
+        coded.len() as u64,
+    );
     parts.headers.insert(
         hyper::header::CONTENT_ENCODING,
         hyper::header::HeaderValue::from_static(name),

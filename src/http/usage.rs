@@ -159,24 +159,14 @@ impl Usage {
     /// Counts one request of `caller` (none: the token was refused or missing).
     pub fn record(
         &self,
+        meters: &crate::http::meters::Meters,
         caller: Option<&Principal>,
         persons: u64,
         route: &'static str,
         status: u16,
     ) {
         let Some(caller) = caller else { return };
-        let label = self.label(&key(caller)).to_string();
-        metrics::counter!(
-            crate::metrics::CONSUMER_REQUESTS,
-            "consumer" => label.clone(),
-            "route" => route,
-            "status" => status.to_string()
-        )
-        .increment(1);
-        if persons > 0 {
-            metrics::counter!(crate::metrics::CONSUMER_PERSONS, "consumer" => label)
-                .increment(persons);
-        }
+        meters.consumer(&self.label(&key(caller)), route, status, persons);
     }
 }
 
