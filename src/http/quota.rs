@@ -437,9 +437,8 @@ fn valid_key(key: &str) -> bool {
     if key.len() == 9 && key.bytes().all(|b| b.is_ascii_digit()) {
         return true;
     }
-    key.strip_prefix("client:").is_some_and(|c| {
-        !c.is_empty() && c.len() <= 64 && crate::http::request_id::acceptable(c.as_bytes())
-    })
+    key.strip_prefix("client:")
+        .is_some_and(crate::http::request_id::label_safe)
 }
 
 /// The line of the table header naming `key` (1 when not found).

@@ -17,6 +17,12 @@ pub const HEADER: &str = "x-request-id";
 /// The longest id taken from a client.
 pub const MAX_LEN: usize = 128;
 
+/// Whether `s` may be a metric label or a consumer key: 1–64 visible ASCII characters, no
+/// run of 11 or more digits.
+pub fn label_safe(s: &str) -> bool {
+    s.len() <= 64 && acceptable(s.as_bytes())
+}
+
 /// Whether `id` may be repeated: 1–[`MAX_LEN`] visible ASCII characters, no run of 11 or
 /// more digits.
 pub fn acceptable(id: &[u8]) -> bool {

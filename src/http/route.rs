@@ -244,14 +244,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
     state
         .meters
         .request(label, method, status, elapsed.as_secs_f64());
+    let consumer = outcome.caller.as_deref().map(usage::key);
     state.usage.record(
         &state.meters,
-        outcome.caller.as_deref(),
+        consumer.as_deref(),
         outcome.persons,
         label,
         status,
     );
-    let consumer = outcome.caller.as_deref().map(usage::key);
     crate::http::access::log(&crate::http::access::Record {
         method,
         route: label,

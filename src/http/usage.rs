@@ -104,18 +104,15 @@ pub const OTHER: &str = "other";
 /// The label of a caller whose identity cannot be a label.
 pub const UNRECOGNISED: &str = "unrecognised";
 
-/// Whether `s` may be a metric label: 1–64 visible ASCII characters, no run of 11 digits.
-fn safe(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && crate::http::request_id::acceptable(s.as_bytes())
-}
-
 /// The consumer key of a caller (see the module doc); also the key of its quota.
 pub fn key(p: &Principal) -> Cow<'_, str> {
     match (&p.consumer, &p.client) {
         (Some(org), _) if org.len() == 9 && org.bytes().all(|b| b.is_ascii_digit()) => {
             Cow::Borrowed(org)
         }
-        (None, Some(client)) if safe(client) => Cow::Owned(format!("client:{client}")),
+        (None, Some(client)) if crate::http::request_id::label_safe(client) => {
+            Cow::Owned(format!("client:{client}"))
+        }
         _ => Cow::Borrowed(UNRECOGNISED),
     }
 }
@@ -156,17 +153,18 @@ impl Usage {
         label
     }
 
-    /// Counts one request of `caller` (none: the token was refused or missing).
+    /// Counts one request of the consumer with `key` (none: the token was refused or
+    /// missing).
     pub fn record(
         &self,
         meters: &crate::http::meters::Meters,
-        caller: Option<&Principal>,
+        key: Option<&str>,
         persons: u64,
         route: &'static str,
         status: u16,
     ) {
-        let Some(caller) = caller else { return };
-        meters.consumer(&self.label(&key(caller)), route, status, persons);
+        let Some(key) = key else { return };
+        meters.consumer(&self.label(key), route, status, persons);
     }
 }
 

@@ -460,14 +460,7 @@ fn sighup_rereads_the_quota_file() {
         &file,
         "[consumers.\"974760673\"]\npersons_per_second = 2\nburst = 40\n",
     );
-    let pid = serve.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    serve.sighup();
     let mut seen = String::new();
     for _ in 0..20 {
         seen = policy(&rt);

@@ -595,14 +595,7 @@ fn sighup_rereads_the_certificate_without_dropping_connections() {
             StatusCode::OK
         );
         let second = self_signed(dir.path(), "krr sighup two");
-        let pid = serve.child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        serve.sighup();
         let mut shown = Vec::new();
         for _ in 0..100 {
             if let Ok((_, c, _)) = tls_connect(serve.api, &[&second], &[b"h2"]).await {

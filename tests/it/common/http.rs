@@ -450,6 +450,20 @@ pub struct Binary {
     pub stdout: std::thread::JoinHandle<String>,
 }
 
+impl Binary {
+    /// Sends the process SIGHUP (reload).
+    pub fn sighup(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
 /// Starts `krr serve` on `dir/snapshots` and `dir/journal` with the fixture keys, both
 /// listeners on free ports, JSON logs at `level`, and `extra` flags; waits for it to serve.
 pub fn spawn_serve(dir: &Path, extra: &[&str], level: &str) -> Binary {
