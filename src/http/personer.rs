@@ -24,9 +24,94 @@ pub struct PersonerRequest {
     pub inkluder_ikke_registrerte: bool,
 }
 
-/// Parses `{"personidentifikatorer":[…],"inkluderIkkeRegistrerte":…}` (simd-json, in place).
-/// Messages name the problem and the position, never an id.
+/// Parses `{"personidentifikatorer":[…],"inkluderIkkeRegistrerte":…}`: the usual shape
+/// by [`parse_plain`], anything else by [`parse_dom`]. Messages name the problem and the
+/// position, never an id.
 pub fn parse_personer(body: &mut [u8], v2: bool) -> Result<PersonerRequest, ApiError> {
+    match parse_plain(body, v2) {
+        Some(request) => Ok(request),
+        None => parse_dom(body, v2),
+    }
+}
+
+/// The body in its usual shape, read without building a document:
+/// `{"personidentifikatorer":["<11 digits>",…]}`, in v2 optionally followed by
+/// `,"inkluderIkkeRegistrerte":true|false`, with JSON whitespace anywhere between tokens,
+/// 1 to [`MAX_IDS`] ids. `None` for anything else (escapes, other keys, another order, an
+/// error), which [`parse_dom`] then reads or refuses with its message. Whatever this
+/// accepts, [`parse_dom`] reads the same way (the fuzz target `personer` checks it).
+///
+/// For a single id, simd-json's document was a tenth of the request's instructions.
+pub fn parse_plain(body: &[u8], v2: bool) -> Option<PersonerRequest> {
+    let mut p = Plain { b: body, at: 0 };
+    p.token(b"{")?;
+    p.token(b"\"personidentifikatorer\"")?;
+    p.token(b":")?;
+    p.token(b"[")?;
+    let mut ids = Vec::new();
+    loop {
+        p.token(b"\"")?;
+        let digits = p.b.get(p.at..p.at + 11)?;
+        ids.push(PersonId::parse(digits)?);
+        p.at += 11;
+        if p.b.get(p.at) != Some(&b'"') || ids.len() > MAX_IDS {
+            return None;
+        }
+        p.at += 1;
+        if p.token(b",").is_none() {
+            break;
+        }
+    }
+    p.token(b"]")?;
+    let mut inkluder = None;
+    if p.token(b",").is_some() {
+        p.token(b"\"inkluderIkkeRegistrerte\"")?;
+        p.token(b":")?;
+        inkluder = Some(if p.token(b"true").is_some() {
+            true
+        } else {
+            p.token(b"false")?;
+            false
+        });
+    }
+    p.token(b"}")?;
+    p.skip_whitespace();
+    if p.at != body.len() {
+        return None;
+    }
+    Some(PersonerRequest {
+        ids,
+        inkluder_ikke_registrerte: v2 && inkluder == Some(true),
+    })
+}
+
+/// A cursor over a body for [`parse_plain`].
+struct Plain<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Plain<'_> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// Whitespace, then exactly `t`.
+    fn token(&mut self, t: &[u8]) -> Option<()> {
+        self.skip_whitespace();
+        if self.b[self.at..].starts_with(t) {
+            self.at += t.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+}
+
+/// Parses the body as a JSON document (simd-json, in place): every shape, every error.
+pub fn parse_dom(body: &mut [u8], v2: bool) -> Result<PersonerRequest, ApiError> {
     let value = parse_body(body)?;
     let obj = value
         .as_object()
@@ -162,6 +247,62 @@ mod tests {
             .map(|r| (r.ids.len(), r.inkluder_ikke_registrerte))
             .map_err(|e| e.message.into_owned());
         assert_eq!(got, want.map_err(str::to_string), "body {body}");
+    }
+
+    /// The usual shapes are read without a document, and exactly as the document reads them;
+    /// every other shape is left to the document.
+    #[test]
+    fn plain_bodies_read_as_the_document_reads_them() {
+        let plain = [
+            (r#"{"personidentifikatorer":["11822648950"]}"#, false),
+            (r#"{"personidentifikatorer":["11822648950"]}"#, true),
+            (
+                " {\t\"personidentifikatorer\" :\n[ \"11822648950\" , \"22898243161\"\r] } \n",
+                false,
+            ),
+            (
+                r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":true}"#,
+                true,
+            ),
+            (
+                r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":true}"#,
+                false,
+            ),
+            (
+                r#"{"personidentifikatorer":["11822648950"], "inkluderIkkeRegistrerte" : false}"#,
+                true,
+            ),
+        ];
+        for (body, v2) in plain {
+            let fast = parse_plain(body.as_bytes(), v2).unwrap_or_else(|| panic!("{body}"));
+            let dom = parse_dom(&mut body.as_bytes().to_vec(), v2).unwrap();
+            assert_eq!(fast, dom, "{body}");
+        }
+        let ids = vec![r#""11822648950""#; MAX_IDS].join(",");
+        let full = format!(r#"{{"personidentifikatorer":[{ids}]}}"#);
+        assert_eq!(
+            parse_plain(full.as_bytes(), false).unwrap().ids.len(),
+            MAX_IDS
+        );
+        let over = format!(r#"{{"personidentifikatorer":[{ids},"11822648950"]}}"#);
+        let others = [
+            over.as_str(),
+            r#"{"personidentifikatorer":[]}"#,
+            r#"{"personidentifikatorer":["1182264895"]}"#,
+            r#"{"personidentifikatorer":["118226489500"]}"#,
+            r#"{"personidentifikatorer":["1182264895x"]}"#,
+            r#"{"personidentifikatorer":["\u00311822648950"]}"#,
+            r#"{"personidentifikatorer":["11822648950",]}"#,
+            r#"{"personidentifikatorer":["11822648950"],"x":1}"#,
+            r#"{"inkluderIkkeRegistrerte":true,"personidentifikatorer":["11822648950"]}"#,
+            r#"{"personidentifikatorer":["11822648950"],"inkluderIkkeRegistrerte":"yes"}"#,
+            r#"{"personidentifikatorer":["11822648950"]}x"#,
+            r#"{"personidentifikatorer":["11822648950"]"#,
+            "\u{feff}{\"personidentifikatorer\":[\"11822648950\"]}",
+        ];
+        for body in others {
+            assert_eq!(parse_plain(body.as_bytes(), true), None, "{body}");
+        }
     }
 
     #[test]

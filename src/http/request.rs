@@ -173,7 +173,13 @@ pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Vec<u
         return Err(too_large());
     }
     let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(state.limits.body_timeout, collect).await {
+    tokio::pin!(collect);
+    // A small body mostly came with its headers: it is taken without arming a timer.
+    let collected = match futures::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => tokio::time::timeout(state.limits.body_timeout, collect).await,
+    };
+    match collected {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request body was not received in time",

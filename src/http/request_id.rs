@@ -8,12 +8,17 @@
 //! one is made instead). A made id is 16 lower-case hex digits (64 random bits).
 
 use hyper::HeaderMap;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 
-/// The headers a client's id is read from, in order.
-pub const SOURCES: [&str; 3] = ["x-request-id", "x-correlation-id", "nav-call-id"];
 /// The answer's header.
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// The headers a client's id is read from, in order (names made once: a lookup by a
+/// string parses the name first).
+pub const SOURCES: [HeaderName; 3] = [
+    HEADER,
+    HeaderName::from_static("x-correlation-id"),
+    HeaderName::from_static("nav-call-id"),
+];
 /// The longest id taken from a client.
 pub const MAX_LEN: usize = 128;
 
@@ -43,7 +48,7 @@ pub fn acceptable(id: &[u8]) -> bool {
 pub fn of(headers: &HeaderMap) -> HeaderValue {
     SOURCES
         .iter()
-        .filter_map(|name| headers.get(*name))
+        .filter_map(|name| headers.get(name))
         .find(|v| acceptable(v.as_bytes()))
         .cloned()
         .unwrap_or_else(generate)
@@ -51,8 +56,14 @@ pub fn of(headers: &HeaderMap) -> HeaderValue {
 
 /// A new id: 16 hex digits.
 pub fn generate() -> HeaderValue {
-    let id = format!("{:016x}", rand::random::<u64>());
-    HeaderValue::from_str(&id).expect("hex digits are a header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 16];
+    let mut bits = rand::random::<u64>();
+    for d in id.iter_mut().rev() {
+        *d = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a header value")
 }
 
 #[cfg(test)]

@@ -91,8 +91,11 @@ pub async fn serve(
                     // Held (whole) until the answer is made.
                     let admitted = admitted;
                     Ok::<_, Infallible>(match which {
-                        Listener::Api => super::route::handle(state, req, admitted.0).await,
-                        Listener::Admin => super::admin::handle(state, req).await,
+                        // Boxed: hyper moves this future whole; a pointer is cheap to move.
+                        Listener::Api => {
+                            Box::pin(super::route::handle(state, req, admitted.0)).await
+                        }
+                        Listener::Admin => Box::pin(super::admin::handle(state, req)).await,
                     })
                 }
             })

@@ -94,7 +94,7 @@ pub fn persons(n: u64) {
 /// The consumers with labels of their own.
 #[derive(Debug)]
 pub struct Usage {
-    labelled: dashmap::DashMap<Arc<str>, ()>,
+    labelled: crate::http::meters::DashMap<Arc<str>, ()>,
     count: AtomicUsize,
     max: usize,
 }
@@ -121,7 +121,7 @@ impl Usage {
     /// At most `max` consumers labelled.
     pub fn new(max: usize) -> Usage {
         Usage {
-            labelled: dashmap::DashMap::new(),
+            labelled: crate::http::meters::map(),
             count: AtomicUsize::new(0),
             max,
         }

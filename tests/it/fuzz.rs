@@ -203,6 +203,20 @@ fn personer_body() {
             {
                 return Err(format!("accepted {} ids", r.ids.len()));
             }
+            // The plain reading, where it reads at all, is the document's.
+            if let Some(fast) = no_panic(|| krr::http::personer::parse_plain(input, v2))? {
+                let mut b = input.to_vec();
+                match krr::http::personer::parse_dom(&mut b, v2) {
+                    Ok(dom) if dom == fast => {}
+                    other => {
+                        return Err(format!(
+                            "plain reading {} ids (v2 {v2}), the document's {:?}",
+                            fast.ids.len(),
+                            other.map(|r| r.ids.len())
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     });
