@@ -29,6 +29,15 @@ use crate::model::{
     DigitalPost, Kontaktinformasjon, Person, Reservasjon, Spraak, Status, Varslingsstatus,
 };
 
+/// Appends the JSON escape `\u00XX` of the byte `c` (the one writer of it: JSON strings
+/// here, the access line in `krr::http::access`).
+pub fn write_u_escape(c: u8, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\\u00");
+    out.push(HEX[usize::from(c >> 4)]);
+    out.push(HEX[usize::from(c & 0xf)]);
+}
+
 /// Appends `s` as a JSON string literal (quotes included), escaping as RFC 8259 requires.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
@@ -43,10 +52,7 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x00..=0x1f => {
                 out.extend_from_slice(&bytes[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(c >> 4)]);
-                out.push(HEX[usize::from(c & 0xf)]);
+                write_u_escape(c, out);
                 start = i + 1;
                 continue;
             }

@@ -184,12 +184,7 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
         match b {
             b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
             _ if plain(b) => out.push(b),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
+            _ => crate::render::write_u_escape(b, out),
         }
     }
 }
