@@ -6,6 +6,7 @@
 //! no histogram library it never uses.
 
 mod feed;
+mod floor;
 mod loadtest;
 mod peers;
 
@@ -49,6 +50,17 @@ enum Command {
     Peers {
         #[command(subcommand)]
         command: PeersCommand,
+    },
+    /// Answer every HTTP/1.1 request with one fixed answer and do nothing else: the floor
+    /// under any service on this runtime, to drive with `loadtest --batch 1`
+    /// (`tools/bench-floor`).
+    Floor {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        listen: SocketAddr,
+        /// The snapshot whose first person's `/rest/v1/personer` answer is the answer.
+        #[arg(long)]
+        snapshot: PathBuf,
     },
 }
 
@@ -211,6 +223,9 @@ fn main() -> ExitCode {
         Command::Loadtest(args) => run_loadtest(*args),
         Command::Feed(args) => run_feed(args),
         Command::Peers { command } => run_peers(command),
+        Command::Floor { listen, snapshot } => {
+            floor::run(listen, &snapshot).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,220 @@
+//! `krr-bench floor`: an HTTP/1.1 server that does no work, on the runtime the service uses,
+//! to measure the floor under any service built on it.
+//!
+//! It reads each request (its head parsed with `httparse`, its body skipped by its
+//! `Content-Length`) and writes one fixed answer: krr's `/rest/v1/personer` answer for the
+//! first person of a snapshot, with the head krr writes, made once at start. No token is
+//! checked, no id looked up, nothing counted or logged. A request that cannot be read
+//! (a bad head, a head larger than the buffer, a bad `Content-Length`, chunked) closes its
+//! connection. Driven by `krr-bench loadtest --batch 1`, it shows what the tokio runtime
+//! and the kernel's TCP cost per request on the box: what is left for the service's own
+//! work when it is compared with another server (`tools/bench-floor`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use krr::model::Groups;
+use krr::snapshot::Snapshot;
+use krr::store::lookup::{BatchOptions, write_personer};
+use krr::store::overlay::Overlay;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The read buffer of a connection: the largest head (with its body) the floor reads.
+const BUFFER: usize = 64 * 1024;
+
+/// The whole HTTP answer (head and body) to every request: `/rest/v1/personer` with all
+/// groups for the first person of `snapshot`, with the header set krr's answer has.
+pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
+    let snap = Snapshot::open(snapshot)
+        .with_context(|| format!("opening the snapshot {}", snapshot.display()))?;
+    let id = snap.ids().next().context("the snapshot holds no person")?;
+    let mut body = Vec::new();
+    write_personer(
+        &snap,
+        &Overlay::new(),
+        &[id],
+        BatchOptions::v1(Groups::ALL),
+        &mut body,
+    );
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvary: accept, accept-encoding\r\n\
+         x-request-id: 0123456789abcdef\r\ncontent-length: {}\r\ndate: {date}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Serves `answer` to every request on `listener`, for ever.
+pub async fn serve(listener: tokio::net::TcpListener, answer: Arc<[u8]>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let _ = connection(stream, &answer).await;
+        });
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client closed it (or the socket failed).
+    Closed,
+    /// A request that cannot be read.
+    BadRequest,
+}
+
+/// Answers every request read from `io` with `answer`, pipelined ones in one write.
+pub async fn connection<S>(mut io: S, answer: &[u8]) -> Result<End, std::io::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    let mut have = 0;
+    let mut out = Vec::new();
+    loop {
+        let n = io.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Ok(End::Closed);
+        }
+        have += n;
+        let (taken, requests) = match complete(&buf[..have]) {
+            Ok(r) => r,
+            Err(()) => return Ok(End::BadRequest),
+        };
+        match requests {
+            0 => {}
+            1 => io.write_all(answer).await?,
+            n => {
+                out.clear();
+                for _ in 0..n {
+                    out.extend_from_slice(answer);
+                }
+                io.write_all(&out).await?;
+            }
+        }
+        buf.copy_within(taken..have, 0);
+        have -= taken;
+        if have == buf.len() {
+            return Ok(End::BadRequest);
+        }
+    }
+}
+
+/// How many bytes of `buf` are whole requests, and how many they are; `Err` when one cannot
+/// be read.
+fn complete(buf: &[u8]) -> Result<(usize, usize), ()> {
+    let mut at = 0;
+    let mut requests = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let head = match req.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(head)) => head,
+            Ok(httparse::Status::Partial) => return Ok((at, requests)),
+            Err(_) => return Err(()),
+        };
+        let mut length = 0usize;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(());
+            }
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or(())?;
+            }
+        }
+        if head + length > BUFFER {
+            return Err(());
+        }
+        if buf.len() - at < head + length {
+            return Ok((at, requests));
+        }
+        at += head + length;
+        requests += 1;
+    }
+}
+
+/// `krr-bench floor`: binds `listen` and serves the first person of `snapshot`'s answer.
+pub fn run(listen: SocketAddr, snapshot: &Path) -> anyhow::Result<()> {
+    let answer: Arc<[u8]> = answer(snapshot)?.into();
+    // The service's runtime: multi-threaded, a worker per core (krr::cli's `runtime`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        eprintln!(
+            "krr-bench floor: answering every request on {} with a {}-byte answer",
+            listener.local_addr()?,
+            answer.len()
+        );
+        serve(listener, answer).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+    const REQ: &[u8] =
+        b"POST /rest/v1/personer HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
+
+    /// Writes `parts` one after the other to the floor (pausing between them so each is a
+    /// read of its own), closes, and returns what came back and how the connection ended.
+    async fn exchange(parts: &[&[u8]]) -> (Vec<u8>, End) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let floor = tokio::spawn(async move { connection(server, ANSWER).await.unwrap() });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        for p in parts {
+            wr.write_all(p).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        wr.shutdown().await.unwrap();
+        drop(wr);
+        let end = floor.await.unwrap();
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        (got, end)
+    }
+
+    #[tokio::test]
+    async fn one_answer_a_request_pipelined_or_in_pieces() {
+        // Two pipelined, then one in three pieces (its head complete in the second, its body
+        // in the third), then one cut in its head, which is never answered.
+        let two = [REQ, REQ].concat();
+        let (got, end) = exchange(&[&two, &REQ[..20], &REQ[20..64], &REQ[64..], &REQ[..10]]).await;
+        assert_eq!(end, End::Closed);
+        assert_eq!(got, [ANSWER, ANSWER, ANSWER].concat());
+    }
+
+    #[tokio::test]
+    async fn a_request_it_cannot_read_closes_the_connection() {
+        for bad in [
+            &b"NOT HTTP\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 70000\r\n\r\n",
+        ] {
+            let (got, end) = exchange(&[REQ, bad]).await;
+            assert_eq!(end, End::BadRequest, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(got, ANSWER, "the request before is answered");
+        }
+    }
+}
