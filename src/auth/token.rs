@@ -99,29 +99,115 @@ const CACHE_BYTES: usize = 16 << 20;
 const CACHE_MAX_TOKEN: usize = 8 * 1024;
 
 thread_local! {
-    /// Verified tokens of this thread, keyed by (verifier, token): several verifiers with
-    /// different trust may live in one process (tests do that).
-    static CACHE: std::cell::RefCell<HashMap<u64, Cache>> =
-        std::cell::RefCell::new(HashMap::new());
+    /// Verified tokens of this thread, by verifier: several verifiers with different trust
+    /// may live in one process (tests do that); a service has one.
+    static CACHE: std::cell::RefCell<Vec<(u64, Cache)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One verifier's verified tokens on one thread, and their bytes. Keyed by the whole token
-/// (about 800 bytes) with XXH3 under a random seed: SipHash of every token was most of a
-/// cache hit's cost.
+/// How many bytes at the end of a token (its signature) choose its place in the cache.
+const TAIL: usize = 32;
+
+/// One verifier's verified tokens on one thread, and their bytes.
+///
+/// An entry's place is a seeded hash of the token's last [`TAIL`] bytes, the end of its
+/// signature, and the entry holds the whole token, compared byte for byte on a hit: hashing
+/// all of a token (about 800 bytes) was most of a hit's cost. Only verified tokens are
+/// entered, so a forged token that hashes alike finds a different token there and is
+/// verified like any other.
 struct Cache {
-    tokens: HashMap<String, Arc<Principal>, xxhash_rust::xxh3::Xxh3Builder>,
+    tokens: HashMap<u64, Kept, std::hash::BuildHasherDefault<Placed>>,
+    seed: u64,
     bytes: usize,
 }
 
-impl Default for Cache {
-    fn default() -> Cache {
+/// A kept token and its principal.
+type Kept = (Box<[u8]>, Arc<Principal>);
+
+/// The hasher of [`Cache`]'s keys, which are hashes already.
+#[derive(Default)]
+struct Placed(u64);
+
+impl std::hash::Hasher for Placed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are u64); any other write still mixes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Cache {
+    fn new() -> Cache {
         Cache {
-            tokens: HashMap::with_hasher(
-                xxhash_rust::xxh3::Xxh3Builder::new().with_seed(rand::random()),
-            ),
+            tokens: HashMap::default(),
+            seed: rand::random(),
             bytes: 0,
         }
     }
+
+    /// Where `token` is kept.
+    fn place(&self, token: &[u8]) -> u64 {
+        let tail = &token[token.len().saturating_sub(TAIL)..];
+        xxhash_rust::xxh3::xxh3_64_with_seed(tail, self.seed)
+    }
+
+    /// The principal of `token` when it is here and unexpired (at `skew` seconds of grace);
+    /// an expired one is dropped and named so.
+    fn get(&mut self, token: &[u8], skew: i64) -> Option<Result<Arc<Principal>, AuthError>> {
+        let place = self.place(token);
+        let (kept, principal) = self.tokens.get(&place)?;
+        if **kept != *token {
+            return None;
+        }
+        if now() <= principal.exp.saturating_add(skew) {
+            return Some(Ok(principal.clone()));
+        }
+        if let Some((kept, _)) = self.tokens.remove(&place) {
+            self.bytes = self.bytes.saturating_sub(kept.len());
+        }
+        Some(Err(AuthError::Invalid("token expired")))
+    }
+
+    /// Keeps `token`'s principal, making room first (expired tokens out; all out when that
+    /// is not enough).
+    fn put(&mut self, token: &[u8], principal: Arc<Principal>, skew: i64) {
+        if self.tokens.len() >= CACHE_CAP || self.bytes + token.len() > CACHE_BYTES {
+            let t = now();
+            self.tokens
+                .retain(|_, (_, p)| p.exp.saturating_add(skew) >= t);
+            self.bytes = self.tokens.values().map(|(k, _)| k.len()).sum();
+            if self.tokens.len() >= CACHE_CAP || self.bytes + token.len() > CACHE_BYTES {
+                self.tokens.clear();
+                self.bytes = 0;
+            }
+        }
+        let place = self.place(token);
+        if let Some((old, _)) = self.tokens.insert(place, (token.into(), principal)) {
+            self.bytes = self.bytes.saturating_sub(old.len());
+        }
+        self.bytes += token.len();
+    }
+}
+
+/// Runs `f` on this thread's cache of the verifier `id`.
+fn with_cache<T>(id: u64, f: impl FnOnce(&mut Cache) -> T) -> T {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let at = match c.iter().position(|(v, _)| *v == id) {
+            Some(at) => at,
+            None => {
+                c.push((id, Cache::new()));
+                c.len() - 1
+            }
+        };
+        f(&mut c[at].1)
+    })
 }
 
 static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
@@ -172,6 +258,14 @@ impl Verifier {
 
     /// Verifies the value of an `Authorization` header.
     pub async fn verify_header(&self, header: Option<&[u8]>) -> Result<Arc<Principal>, AuthError> {
+        // A token verified before is found by its bytes, before the header is read as text:
+        // they equal a token that was (see `bearer_bytes`).
+        if let Some(token) = header.and_then(bearer_bytes) {
+            let skew = i64::try_from(self.skew_secs).unwrap_or(i64::MAX);
+            if let Some(hit) = with_cache(self.id, |c| c.get(token, skew)) {
+                return hit;
+            }
+        }
         let token = bearer(header)?;
         self.verify(token).await
     }
@@ -179,45 +273,15 @@ impl Verifier {
     /// Verifies a compact JWT.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let skew = i64::try_from(self.skew_secs).unwrap_or(i64::MAX);
-        let cached = CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            let c = c.entry(self.id).or_default();
-            match c.tokens.get(token) {
-                Some(p) if now() <= p.exp.saturating_add(skew) => Some(Ok(p.clone())),
-                Some(_) => {
-                    c.tokens.remove(token);
-                    c.bytes = c.bytes.saturating_sub(token.len());
-                    Some(Err(AuthError::Invalid("token expired")))
-                }
-                None => None,
-            }
-        });
-        if let Some(hit) = cached {
+        if let Some(hit) = with_cache(self.id, |c| c.get(token.as_bytes(), skew)) {
             return hit;
         }
         let principal = Arc::new(self.verify_uncached(token).await?);
-        if token.len() > CACHE_MAX_TOKEN {
-            return Ok(principal);
+        if token.len() <= CACHE_MAX_TOKEN {
+            with_cache(self.id, |c| {
+                c.put(token.as_bytes(), principal.clone(), skew)
+            });
         }
-        CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            let c = c.entry(self.id).or_default();
-            if c.tokens.len() >= CACHE_CAP || c.bytes + token.len() > CACHE_BYTES {
-                let t = now();
-                c.tokens.retain(|_, p| p.exp.saturating_add(skew) >= t);
-                c.bytes = c.tokens.keys().map(String::len).sum();
-                if c.tokens.len() >= CACHE_CAP || c.bytes + token.len() > CACHE_BYTES {
-                    c.tokens.clear();
-                    c.bytes = 0;
-                }
-            }
-            if c.tokens
-                .insert(token.to_owned(), principal.clone())
-                .is_none()
-            {
-                c.bytes += token.len();
-            }
-        });
         Ok(principal)
     }
 
@@ -347,6 +411,20 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// The token bytes [`bearer`] takes from `header` when it takes any, found without reading
+/// the header as UTF-8: `None` where `bearer` fails or where it might read the header
+/// differently (Unicode white space at an edge). A `Some` equal to a token `bearer` once
+/// returned is what `bearer` returns for this header.
+fn bearer_bytes(header: &[u8]) -> Option<&[u8]> {
+    let h = header.trim_ascii();
+    let space = h.iter().position(|&b| b == b' ')?;
+    if !h[..space].eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = h[space + 1..].trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
 fn read_header(token: &str) -> Result<Header, AuthError> {
     let malformed = AuthError::Invalid("malformed token");
     let mut parts = token.split('.');
@@ -401,6 +479,99 @@ mod tests {
         assert_eq!(
             bearer(Some(b"\xff")),
             Err(AuthError::Invalid("malformed Authorization header"))
+        );
+    }
+
+    /// Where `bearer_bytes` finds a token, `bearer` finds the same one, or the bytes could
+    /// never be a token `bearer` returned (which has no white space at its edges and is
+    /// UTF-8), so no cache entry can equal them.
+    #[test]
+    fn bearer_bytes_finds_what_bearer_finds() {
+        for h in [
+            &b"Bearer abc"[..],
+            b"bearer abc",
+            b"BEARER  abc ",
+            b" \tBearer abc\t ",
+            b"Bearer \tabc",
+            b"Bearer\tabc",
+            b"Bearer ",
+            b"Bearer",
+            b"Basic abc",
+            b"Bearer a b",
+            b"\xc2\xa0Bearer abc",
+            b"Bearer abc\xc2\xa0",
+            b"Bearer \xc2\xa0abc",
+            b"Bearer ab\xffc",
+            b"\x0bBearer abc",
+            b"Bearer abc\x0b",
+        ] {
+            let Some(t) = bearer_bytes(h) else {
+                continue;
+            };
+            let could_be_kept = std::str::from_utf8(t).is_ok_and(|s| s.trim() == s);
+            if could_be_kept {
+                assert_eq!(bearer(Some(h)).map(str::as_bytes), Ok(t), "{h:?}");
+            }
+        }
+        assert_eq!(bearer_bytes(b"\tbearer  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_bytes(b"Bearer\tabc"), None);
+        assert_eq!(bearer_bytes(b"Basic abc"), None);
+    }
+
+    /// A verified token is kept: found again by its bytes whatever the header's spelling
+    /// of the scheme, and only by the same bytes; expired, it is dropped and named so.
+    #[test]
+    fn verified_tokens_are_kept_until_they_expire() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let jwks = std::fs::read(root.join("jwks.json")).unwrap();
+        let pem = std::fs::read(root.join("issuer-rsa.pem")).unwrap();
+        let keys = crate::auth::jwks::KeySet::parse(&jwks).unwrap();
+        let store = Arc::new(crate::auth::jwks::KeyStore::fixed(keys));
+        let verifier = Verifier::new(store, vec![crate::dev::mint::MASKINPORTEN.into()], None, 0);
+        let token = |ttl| {
+            let opts = crate::dev::mint::MintOptions {
+                scope: crate::auth::scopes::GLOBAL_HINT.into(),
+                ttl,
+                kid: Some("test-rsa".into()),
+                ..crate::dev::mint::MintOptions::default()
+            };
+            crate::dev::mint::mint(&pem, &opts).unwrap()
+        };
+        let t = token(3600);
+        let first = rt
+            .block_on(verifier.verify_header(Some(format!("Bearer {t}").as_bytes())))
+            .unwrap();
+        for h in [format!("bearer {t}"), format!("\tBEARER  {t} "), t.clone()] {
+            let again = if h == t {
+                rt.block_on(verifier.verify(&t))
+            } else {
+                rt.block_on(verifier.verify_header(Some(h.as_bytes())))
+            };
+            assert!(
+                Arc::ptr_eq(&first, &again.unwrap()),
+                "{h:?} missed the cache"
+            );
+        }
+        // The same signature's end under other claims: not the kept token.
+        let (_, sig) = t.rsplit_once('.').unwrap();
+        let other = token(3599);
+        let forged = format!("{}.{sig}", other.rsplit_once('.').unwrap().0);
+        assert_eq!(
+            rt.block_on(verifier.verify_header(Some(format!("Bearer {forged}").as_bytes()))),
+            Err(AuthError::Invalid("bad signature"))
+        );
+        // A token of one second: verified and kept, then expired.
+        let short = token(1);
+        rt.block_on(verifier.verify(&short)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let h = format!("Bearer {short}");
+        assert_eq!(
+            rt.block_on(verifier.verify_header(Some(h.as_bytes()))),
+            Err(AuthError::Invalid("token expired"))
         );
     }
 }
