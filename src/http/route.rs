@@ -321,7 +321,9 @@ async fn encode(meters: &crate::http::meters::Meters, coding: Coding, resp: Resp
         Ok(c) => c.to_bytes(),
         Err(never) => match never {},
     };
-    let coded = coding::encode(coding, bytes).await;
+    // Boxed: the encoders' state (gzip's symbol counts) would otherwise be part of every
+    // request's future, copied whole each time the future is moved.
+    let coded = Box::pin(coding::encode(coding, bytes)).await;
     meters.body(
         coding.label(),
         coding.label(),
