@@ -2,11 +2,11 @@
 //! to measure the floor under any service built on it.
 //!
 //! It reads each request (its head parsed with `httparse`, its body skipped by its
-//! `Content-Length`) and writes one fixed answer: krr's `/rest/v1/personer` answer for the
-//! first person of a snapshot, with the head krr writes, made once at start. No token is
-//! checked, no id looked up, nothing counted or logged. A request that cannot be read
-//! (a bad head, a head larger than the buffer, a bad `Content-Length`, chunked) closes its
-//! connection. Driven by `krr-bench loadtest --batch 1`, it shows what the tokio runtime
+//! `Content-Length`) and writes one fixed answer: krr's `/rest/v1/personer` answer for a
+//! typical person of a snapshot (the length nearest the mean), with the head krr writes,
+//! made once at start. No token is checked, no id looked up, nothing counted or logged. A
+//! request that cannot be read (a bad head, a head larger than the buffer, a bad
+//! `Content-Length`, chunked) closes its connection. Driven by `krr-bench loadtest --batch 1`, it shows what the tokio runtime
 //! and the kernel's TCP cost per request on the box: what is left for the service's own
 //! work when it is compared with another server (`tools/bench-floor`).
 
@@ -24,20 +24,37 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The read buffer of a connection: the largest head (with its body) the floor reads.
 const BUFFER: usize = 64 * 1024;
 
+/// How many of the snapshot's first persons the typical answer is chosen from.
+const TYPICAL_OF: usize = 1001;
+
 /// The whole HTTP answer (head and body) to every request: `/rest/v1/personer` with all
-/// groups for the first person of `snapshot`, with the header set krr's answer has.
+/// groups for a typical person of `snapshot` (the answer length nearest the mean of its
+/// first [`TYPICAL_OF`]), with the header set krr's answer has.
 pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
     let snap = Snapshot::open(snapshot)
         .with_context(|| format!("opening the snapshot {}", snapshot.display()))?;
-    let id = snap.ids().next().context("the snapshot holds no person")?;
-    let mut body = Vec::new();
-    write_personer(
-        &snap,
-        &Overlay::new(),
-        &[id],
-        BatchOptions::v1(Groups::ALL),
-        &mut body,
-    );
+    let overlay = Overlay::new();
+    let bodies: Vec<Vec<u8>> = snap
+        .ids()
+        .take(TYPICAL_OF)
+        .map(|id| {
+            let mut body = Vec::new();
+            write_personer(
+                &snap,
+                &overlay,
+                &[id],
+                BatchOptions::v1(Groups::ALL),
+                &mut body,
+            );
+            body
+        })
+        .collect();
+    anyhow::ensure!(!bodies.is_empty(), "the snapshot holds no person");
+    let mean = bodies.iter().map(Vec::len).sum::<usize>() / bodies.len();
+    let body = bodies
+        .into_iter()
+        .min_by_key(|b| b.len().abs_diff(mean))
+        .context("the snapshot holds no person")?;
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut out = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvary: accept, accept-encoding\r\n\
@@ -145,7 +162,7 @@ fn complete(buf: &[u8]) -> Result<(usize, usize), ()> {
     }
 }
 
-/// `krr-bench floor`: binds `listen` and serves the first person of `snapshot`'s answer.
+/// `krr-bench floor`: binds `listen` and serves a typical person of `snapshot`'s answer.
 pub fn run(listen: SocketAddr, snapshot: &Path) -> anyhow::Result<()> {
     let answer: Arc<[u8]> = answer(snapshot)?.into();
     // The service's runtime: multi-threaded, a worker per core (krr::cli's `runtime`).

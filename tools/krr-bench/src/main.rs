@@ -58,7 +58,8 @@ enum Command {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:18081")]
         listen: SocketAddr,
-        /// The snapshot whose first person's `/rest/v1/personer` answer is the answer.
+        /// The snapshot a typical person's `/rest/v1/personer` answer is taken from (the
+        /// length nearest the mean of its first 1001).
         #[arg(long)]
         snapshot: PathBuf,
     },
