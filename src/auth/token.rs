@@ -411,10 +411,12 @@ pub fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// The token bytes [`bearer`] takes from `header` when it takes any, found without reading
-/// the header as UTF-8: `None` where `bearer` fails or where it might read the header
-/// differently (Unicode white space at an edge). A `Some` equal to a token `bearer` once
-/// returned is what `bearer` returns for this header.
+/// The bytes after an ASCII-case-insensitive `Bearer ` scheme, with ASCII white space
+/// trimmed, found without reading the header as UTF-8; `None` when the header has no such
+/// scheme. These bytes may be anything (invalid UTF-8, Unicode white space at an edge), but
+/// where they equal a token `bearer` once returned (UTF-8, no white space at its edges, no
+/// space inside), the header is all UTF-8 and `bearer` returns exactly that token for it.
+/// Bytes equal to no kept token find nothing in the cache and go the text way.
 fn bearer_bytes(header: &[u8]) -> Option<&[u8]> {
     let h = header.trim_ascii();
     let space = h.iter().position(|&b| b == b' ')?;

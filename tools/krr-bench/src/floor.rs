@@ -6,8 +6,9 @@
 //! typical person of a snapshot (the length nearest the mean), with the head krr writes,
 //! made once at start. No token is checked, no id looked up, nothing counted or logged. A
 //! request that cannot be read (a bad head, a head larger than the buffer, a bad
-//! `Content-Length`, chunked) closes its connection. Driven by `krr-bench loadtest --batch 1`, it shows what the tokio runtime
-//! and the kernel's TCP cost per request on the box: what is left for the service's own
+//! `Content-Length`, chunked) closes its connection, once the requests before it are
+//! answered. Driven by `krr-bench loadtest --batch 1`, it shows what the tokio runtime and
+//! the kernel's TCP cost per request on the box: what is left for the service's own
 //! work when it is compared with another server (`tools/bench-floor`).
 
 use std::net::SocketAddr;
@@ -69,8 +70,13 @@ pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
 /// Serves `answer` to every request on `listener`, for ever.
 pub async fn serve(listener: tokio::net::TcpListener, answer: Arc<[u8]>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: wait rather than spin.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let answer = answer.clone();
@@ -89,7 +95,9 @@ pub enum End {
     BadRequest,
 }
 
-/// Answers every request read from `io` with `answer`, pipelined ones in one write.
+/// Answers every request read from `io` with `answer`, pipelined ones in one write. The
+/// requests read whole before one that cannot be read are answered before the connection
+/// is closed.
 pub async fn connection<S>(mut io: S, answer: &[u8]) -> Result<End, std::io::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,10 +111,7 @@ where
             return Ok(End::Closed);
         }
         have += n;
-        let (taken, requests) = match complete(&buf[..have]) {
-            Ok(r) => r,
-            Err(()) => return Ok(End::BadRequest),
-        };
+        let (taken, requests, bad) = complete(&buf[..have]);
         match requests {
             0 => {}
             1 => io.write_all(answer).await?,
@@ -118,6 +123,10 @@ where
                 io.write_all(&out).await?;
             }
         }
+        if bad {
+            io.flush().await?;
+            return Ok(End::BadRequest);
+        }
         buf.copy_within(taken..have, 0);
         have -= taken;
         if have == buf.len() {
@@ -126,40 +135,50 @@ where
     }
 }
 
-/// How many bytes of `buf` are whole requests, and how many they are; `Err` when one cannot
-/// be read.
-fn complete(buf: &[u8]) -> Result<(usize, usize), ()> {
+/// How many bytes of `buf` are whole requests, how many requests they are, and whether the
+/// request after them cannot be read.
+fn complete(buf: &[u8]) -> (usize, usize, bool) {
     let mut at = 0;
     let mut requests = 0;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let head = match req.parse(&buf[at..]) {
-            Ok(httparse::Status::Complete(head)) => head,
-            Ok(httparse::Status::Partial) => return Ok((at, requests)),
-            Err(_) => return Err(()),
-        };
-        let mut length = 0usize;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(());
+        match request_length(&buf[at..]) {
+            Ok(Some(n)) => {
+                at += n;
+                requests += 1;
             }
-            if h.name.eq_ignore_ascii_case("content-length") {
-                length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .ok_or(())?;
-            }
+            Ok(None) => return (at, requests, false),
+            Err(()) => return (at, requests, true),
         }
-        if head + length > BUFFER {
+    }
+}
+
+/// The length (head and body) of the request at the start of `buf`: `None` while it is not
+/// all there, `Err` when it cannot be read or would not fit the buffer.
+fn request_length(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(buf) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let mut length = 0usize;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(());
         }
-        if buf.len() - at < head + length {
-            return Ok((at, requests));
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(())?;
         }
-        at += head + length;
-        requests += 1;
     }
+    let whole = head
+        .checked_add(length)
+        .filter(|&n| n <= BUFFER)
+        .ok_or(())?;
+    Ok((buf.len() >= whole).then_some(whole))
 }
 
 /// `krr-bench floor`: binds `listen` and serves a typical person of `snapshot`'s answer.
@@ -228,10 +247,19 @@ mod tests {
             b"POST / HTTP/1.1\r\ncontent-length: x\r\n\r\n",
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 70000\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 18446744073709551615\r\n\r\n",
         ] {
             let (got, end) = exchange(&[REQ, bad]).await;
             assert_eq!(end, End::BadRequest, "{:?}", String::from_utf8_lossy(bad));
             assert_eq!(got, ANSWER, "the request before is answered");
+            // The same, both in one read: the good ones are still answered first.
+            let (got, end) = exchange(&[&[REQ, REQ, bad].concat()]).await;
+            assert_eq!(end, End::BadRequest, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                got,
+                [ANSWER, ANSWER].concat(),
+                "the requests before are answered"
+            );
         }
     }
 }
