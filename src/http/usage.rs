@@ -164,7 +164,7 @@ impl Usage {
         status: u16,
     ) {
         let Some(key) = key else { return };
-        meters.consumer(&self.label(key), route, status, persons);
+        meters.consumer(key, || self.label(key), route, status, persons);
     }
 }
 
