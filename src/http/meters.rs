@@ -127,56 +127,51 @@ impl Meters {
         }
     }
 
-    /// `f` with this thread's handles; `None` when the thread's storage is gone (a thread
-    /// being torn down), and then the caller makes its handles afresh.
-    fn local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
-        LOCAL
+    /// Runs `f` on this thread's handles; when the thread's storage is gone (a thread being
+    /// torn down), on handles made for this call alone.
+    fn local(&self, f: impl FnOnce(&mut Local)) {
+        let mut f = Some(f);
+        let mut run = |local: &mut Local| {
+            if let Some(f) = f.take() {
+                f(local);
+            }
+        };
+        let kept = LOCAL
             .try_with(|cell| {
-                let mut slot = cell.try_borrow_mut().ok()?;
-                let local = match &mut *slot {
-                    Some(l) if l.owner == self.id => l,
-                    other => other.insert(Local::new(self.id)),
-                };
-                Some(f(local))
+                cell.try_borrow_mut().map(|mut slot| {
+                    let local = match &mut *slot {
+                        Some(l) if l.owner == self.id => l,
+                        other => other.insert(Local::new(self.id)),
+                    };
+                    run(local);
+                })
             })
-            .ok()
-            .flatten()
+            .is_ok_and(|r| r.is_ok());
+        if !kept {
+            run(&mut Local::new(self.id));
+        }
     }
 
     /// `krr_http_requests_total{route,method,status}` + 1 and the request's duration.
     pub fn request(&self, route: &'static str, method: &'static str, status: u16, seconds: f64) {
-        let record = |(count, duration): &(Counter, Histogram)| {
+        self.local(|l| {
+            let (count, duration) = handle(&mut l.requests, (route, method, status), || {
+                request_handles(route, method, status)
+            });
             count.increment(1);
             duration.record(seconds);
-        };
-        if self
-            .local(|l| {
-                record(handle(&mut l.requests, (route, method, status), || {
-                    request_handles(route, method, status)
-                }));
-            })
-            .is_none()
-        {
-            record(&request_handles(route, method, status));
-        }
+        });
     }
 
     /// Body bytes of an answer as sent (`coded`) and before coding (`identity`).
     pub fn body(&self, coding: &'static str, sent_as: &'static str, identity: u64, coded: u64) {
-        let record = |(before, sent): &(Counter, Counter)| {
+        self.local(|l| {
+            let (before, sent) = handle(&mut l.bytes, (coding, sent_as), || {
+                body_handles(coding, sent_as)
+            });
             before.increment(identity);
             sent.increment(coded);
-        };
-        if self
-            .local(|l| {
-                record(handle(&mut l.bytes, (coding, sent_as), || {
-                    body_handles(coding, sent_as)
-                }))
-            })
-            .is_none()
-        {
-            record(&body_handles(coding, sent_as));
-        }
+        });
     }
 
     /// A request of the consumer with `key` and the persons it got, counted under the
@@ -189,15 +184,12 @@ impl Meters {
         status: u16,
         persons: u64,
     ) {
-        let mut label = Some(label);
-        let kept = self.local(|l| {
+        self.local(|l| {
             if !l.consumers.contains_key(key) {
-                // Called once: this closure runs at most once.
-                let Some(make) = label.take() else { return };
                 if l.consumers.len() >= LOCAL_CONSUMERS {
                     l.consumers.clear();
                 }
-                let label = make();
+                let label = label();
                 let persons = consumer_persons(&label);
                 l.consumers.insert(
                     key.into(),
@@ -228,14 +220,6 @@ impl Meters {
                 c.persons.increment(persons);
             }
         });
-        if kept.is_none() {
-            let Some(label) = label.take() else { return };
-            let label = label();
-            consumer_request(&label, route, status).increment(1);
-            if persons > 0 {
-                consumer_persons(&label).increment(persons);
-            }
-        }
     }
 }
 
