@@ -131,24 +131,19 @@ impl Meters {
     /// torn down), on handles made for this call alone.
     fn local(&self, f: impl FnOnce(&mut Local)) {
         let mut f = Some(f);
-        let mut run = |local: &mut Local| {
-            if let Some(f) = f.take() {
+        let _gone = LOCAL.try_with(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut()
+                && let Some(f) = f.take()
+            {
+                let local = match &mut *slot {
+                    Some(l) if l.owner == self.id => l,
+                    other => other.insert(Local::new(self.id)),
+                };
                 f(local);
             }
-        };
-        let kept = LOCAL
-            .try_with(|cell| {
-                cell.try_borrow_mut().map(|mut slot| {
-                    let local = match &mut *slot {
-                        Some(l) if l.owner == self.id => l,
-                        other => other.insert(Local::new(self.id)),
-                    };
-                    run(local);
-                })
-            })
-            .is_ok_and(|r| r.is_ok());
-        if !kept {
-            run(&mut Local::new(self.id));
+        });
+        if let Some(f) = f {
+            f(&mut Local::new(self.id));
         }
     }
 
