@@ -46,9 +46,18 @@ pub fn acceptable(id: &[u8]) -> bool {
 
 /// The request's id: the client's (see the module doc) or a new one.
 pub fn of(headers: &HeaderMap) -> HeaderValue {
-    SOURCES
-        .iter()
-        .filter_map(|name| headers.get(name))
+    // The first value of each source, found in one pass over the few headers a request
+    // has (a lookup by name hashes the name, three times over).
+    static NAMES: [HeaderName; 3] = SOURCES;
+    let mut first: [Option<&HeaderValue>; 3] = [None; 3];
+    for (name, value) in headers {
+        if let Some(i) = NAMES.iter().position(|s| s == name) {
+            first[i].get_or_insert(value);
+        }
+    }
+    first
+        .into_iter()
+        .flatten()
         .find(|v| acceptable(v.as_bytes()))
         .cloned()
         .unwrap_or_else(generate)
@@ -115,6 +124,19 @@ mod tests {
         );
         check(&[("X-Request-Id", &"x".repeat(129))], None);
         check(&[], None);
+        // Only the first value of a name counts, as a lookup by name finds it.
+        check(
+            &[
+                ("X-Request-Id", "has space"),
+                ("X-Request-Id", "second"),
+                ("Nav-Call-Id", "nav"),
+            ],
+            Some("nav"),
+        );
+        check(
+            &[("X-Request-Id", "first"), ("X-Request-Id", "second")],
+            Some("first"),
+        );
         assert!(!acceptable("æøå".as_bytes()));
     }
 }

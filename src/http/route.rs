@@ -225,23 +225,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
         }
     })
     .instrument(span.clone());
-    let (result, outcome) = usage::scope(request_id.clone(), work).await;
-    let resp = result.unwrap_or_else(|e| e.into_response(&path));
-    let mut resp = encode(&state.meters, coding, resp).await;
-    drop(in_flight);
-    let headers = resp.headers_mut();
-    headers.insert(request_id::HEADER, request_id);
-    if let Some(s) = outcome.standing {
-        // Digits and quotes only: always a valid header value.
-        for (name, value) in [
-            (RATELIMIT_POLICY, s.policy_header()),
-            (RATELIMIT, s.header()),
-        ] {
-            if let Ok(v) = hyper::header::HeaderValue::try_from(value) {
-                headers.insert(name, v);
-            }
-        }
+    let (result, outcome) = usage::scope(request_id, work).await;
+    let mut resp = result.unwrap_or_else(|e| e.into_response(&path));
+    let (coding, len) = choose_coding(coding, &mut resp);
+    if coding == Coding::Identity {
+        state.meters.body(coding.label(), "identity", len, len);
+    } else {
+        resp = encode(&state.meters, coding, resp, len).await;
     }
+    drop(in_flight);
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     state
@@ -262,12 +254,21 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
         persons: outcome.persons,
         micros: elapsed.as_micros() as u64,
         consumer: consumer.as_deref().unwrap_or("-"),
-        request_id: resp
-            .headers()
-            .get(request_id::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
+        request_id: outcome.request_id.to_str().unwrap_or(""),
     });
+    let headers = resp.headers_mut();
+    headers.insert(request_id::HEADER, outcome.request_id);
+    if let Some(s) = outcome.standing {
+        // Digits and quotes only: always a valid header value.
+        for (name, value) in [
+            (RATELIMIT_POLICY, s.policy_header()),
+            (RATELIMIT, s.header()),
+        ] {
+            if let Ok(v) = hyper::header::HeaderValue::try_from(value) {
+                headers.insert(name, v);
+            }
+        }
+    }
     resp
 }
 
@@ -301,20 +302,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `resp` in `coding` when it is a success worth coding (see [`coding`]); every answer gets
-/// `Vary: Accept-Encoding`.
-async fn encode(meters: &crate::http::meters::Meters, coding: Coding, resp: Resp) -> Resp {
-    use http_body_util::BodyExt;
+/// Gives `resp` its `Vary: Accept-Encoding` (every answer has it), and says which coding it
+/// will be sent in, `coding` when it is a success worth coding (see [`coding`]), and the
+/// length of its body.
+fn choose_coding(coding: Coding, resp: &mut Resp) -> (Coding, u64) {
     use hyper::body::Body;
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.insert(hyper::header::VARY, coding::vary());
-    let len = body.size_hint().exact().unwrap_or(0) as usize;
+    resp.headers_mut()
+        .insert(hyper::header::VARY, coding::vary());
+    let len = resp.body().size_hint().exact().unwrap_or(0);
     let coding = match coding.header() {
-        Some(_) if coding::worth(parts.status, len) => coding,
+        Some(_) if coding::worth(resp.status(), len as usize) => coding,
         _ => Coding::Identity,
     };
+    (coding, len)
+}
+
+/// `resp` (with a body of `len` bytes) in `coding`, which is not identity.
+async fn encode(
+    meters: &crate::http::meters::Meters,
+    coding: Coding,
+    resp: Resp,
+    len: u64,
+) -> Resp {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
     let Some(name) = coding.header() else {
-        meters.body(coding.label(), "identity", len as u64, len as u64);
+        meters.body(coding.label(), "identity", len, len);
         return Resp::from_parts(parts, body);
     };
     let bytes = match body.collect().await {
@@ -324,12 +337,7 @@ async fn encode(meters: &crate::http::meters::Meters, coding: Coding, resp: Resp
     // Boxed: the encoders' state (gzip's symbol counts) would otherwise be part of every
     // request's future, copied whole each time the future is moved.
     let coded = Box::pin(coding::encode(coding, bytes)).await;
-    meters.body(
-        coding.label(),
-        coding.label(),
-        len as u64,
-        coded.len() as u64,
-    );
+    meters.body(coding.label(), coding.label(), len, coded.len() as u64);
     parts.headers.insert(
         hyper::header::CONTENT_ENCODING,
         hyper::header::HeaderValue::from_static(name),

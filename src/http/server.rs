@@ -10,10 +10,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -113,7 +112,6 @@ pub async fn serve(
                     watcher
                         .watch(builders.admin.serve_connection(io, svc))
                         .await
-                        .map_err(Into::into)
                 }
                 (Listener::Api, None) => {
                     // HTTP/1.1 or h2c: decided by the first bytes, which must come within
@@ -128,17 +126,14 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    let mut io = WriteDeadline::new(stream, write_timeout);
-                    if !h2 {
-                        io = io.with_gate(gate);
-                    }
-                    let io = TokioIo::new(io);
-                    let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                    let io = WriteDeadline::new(stream, write_timeout);
                     if h2 {
+                        let io = TokioIo::new(io);
+                        let served = watcher.watch(builders.h2.serve_connection(io, svc));
                         close_when_idle(served, &activity, handshake_timeout).await
                     } else {
-                        served.await
+                        let io = TokioIo::new(io.with_gate(gate));
+                        watcher.watch(builders.h1.serve_connection(io, svc)).await
                     }
                 }
                 (Listener::Api, Some(acceptor)) => {
@@ -161,17 +156,14 @@ pub async fn serve(
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                     metrics::counter!(crate::metrics::TLS_CONNECTIONS, "protocol" => if h2 { "h2" } else { "http/1.1" })
                         .increment(1);
-                    let builder = if h2 { &builders.h2 } else { &builders.h1 };
-                    let mut io = WriteDeadline::new(tls, write_timeout);
-                    if !h2 {
-                        io = io.with_gate(gate);
-                    }
-                    let io = TokioIo::new(io);
-                    let served = watcher.watch(builder.serve_connection(io, svc).into_owned());
+                    let io = WriteDeadline::new(tls, write_timeout);
                     if h2 {
+                        let io = TokioIo::new(io);
+                        let served = watcher.watch(builders.h2.serve_connection(io, svc));
                         close_when_idle(served, &activity, handshake_timeout).await
                     } else {
-                        served.await
+                        let io = TokioIo::new(io.with_gate(gate));
+                        watcher.watch(builders.h1.serve_connection(io, svc)).await
                     }
                 }
             };
@@ -343,11 +335,13 @@ where
 }
 
 /// The connection builders of a listener: the admin listener's HTTP/1.1; the public one's
-/// HTTP/1.1 and HTTP/2, chosen by ALPN (TLS) or by the first bytes (plain, h2c).
+/// HTTP/1.1 and HTTP/2, chosen by ALPN (TLS) or by the first bytes (plain, h2c). Each is
+/// hyper's own builder of its protocol: the choice is made before, so hyper-util's `auto`
+/// connection (a layer polled around every request) has nothing left to decide.
 struct Builders {
     admin: http1::Builder,
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 /// HTTP/2's limits: streams in progress per connection, the header list (as HTTP/1.1's
@@ -360,24 +354,15 @@ const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
 impl Builders {
     fn new(limits: &super::Limits) -> Builders {
-        let mut admin = http1::Builder::new();
-        admin
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .keep_alive(true)
-            .max_buf_size(MAX_READ_BUFFER);
-        let mut plain = auto::Builder::new(TokioExecutor::new());
-        plain
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
             // Bounds what a client can queue: pipelined requests are read into this buffer
             // and answered one at a time, so at most this much waits per connection.
             .max_buf_size(MAX_READ_BUFFER);
-        plain
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_header_list_size(MAX_READ_BUFFER as u32)
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -389,9 +374,9 @@ impl Builders {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(limits.header_timeout);
         Builders {
-            admin,
-            h1: plain.clone().http1_only(),
-            h2: plain.http2_only(),
+            admin: h1.clone(),
+            h1,
+            h2,
         }
     }
 }

@@ -34,8 +34,11 @@ struct Facts {
 }
 
 /// What [`scope`] found out about a request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outcome {
+    /// The request's id, as given to [`scope`] (handed back rather than cloned: a clone of
+    /// a made id's bytes is an allocation).
+    pub request_id: hyper::header::HeaderValue,
     /// The verified caller (none: no valid token).
     pub caller: Option<Arc<Principal>>,
     /// Persons returned.
@@ -55,17 +58,19 @@ pub async fn scope<F: Future>(
         persons: Cell::default(),
         standing: Cell::default(),
     };
-    FACTS
-        .scope(facts, async {
-            let out = f.await;
-            let outcome = FACTS.with(|facts| Outcome {
-                caller: facts.caller.take(),
-                persons: facts.persons.get(),
-                standing: facts.standing.get(),
-            });
-            (out, outcome)
-        })
-        .await
+    let scoped = FACTS.scope(facts, f);
+    tokio::pin!(scoped);
+    let out = scoped.as_mut().await;
+    let facts = scoped
+        .take_value()
+        .expect("a scope's facts are taken once, after it ran");
+    let outcome = Outcome {
+        request_id: facts.request_id,
+        caller: facts.caller.into_inner(),
+        persons: facts.persons.get(),
+        standing: facts.standing.get(),
+    };
+    (out, outcome)
 }
 
 /// The current request's id (for a log line a handler writes; empty outside a request).
@@ -87,7 +92,10 @@ pub fn caller(principal: &Arc<Principal>) {
 
 /// Notes the persons the current request returned (also on its span).
 pub fn persons(n: u64) {
-    tracing::Span::current().record("persons", n);
+    // The request span is at DEBUG (see `request::audit`).
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::Span::current().record("persons", n);
+    }
     let _ = FACTS.try_with(|facts| facts.persons.set(facts.persons.get() + n));
 }
 

@@ -656,6 +656,56 @@ async fn slow_clients_are_cut_off() {
     );
 }
 
+/// A chunked body (no `Content-Length`) is read to its end in pieces, held to the size
+/// limit as it comes, and a broken one is refused: each answered on the raw connection.
+#[tokio::test]
+async fn chunked_bodies_are_read_whole_and_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(Options::default()).await;
+    let t = scoped(ALL_SCOPES);
+    let one = id(&s.register[0]);
+    let head = format!(
+        "POST /rest/v1/personer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let exchange = async |parts: Vec<Vec<u8>>| {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        for p in parts {
+            // Each piece a read of its own: the body is not all there at the first look.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if c.write_all(&p).await.is_err() {
+                break;
+            }
+        }
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf))
+            .await
+            .expect("answered")
+            .ok();
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let chunk = |b: &[u8]| [format!("{:x}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat();
+    // Two chunks, then the end: the person.
+    let body = format!("{{\"personidentifikatorer\":[\"{one}\"]}}");
+    let (a, b) = body.as_bytes().split_at(10);
+    let got = exchange(vec![chunk(a), chunk(b), b"0\r\n\r\n".to_vec()]).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains(one), "{got}");
+    // 70 000 bytes in 10 000-byte chunks, past the 65 536-byte limit: 413.
+    let pad = vec![b' '; 10_000];
+    let got = exchange((0..7).map(|_| chunk(&pad)).collect()).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(
+        got.contains("request body is larger than 65536 bytes"),
+        "{got}"
+    );
+    // A chunk size that is not hex: 400.
+    let got = exchange(vec![chunk(a), b"zz\r\n".to_vec()]).await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("request body could not be read"), "{got}");
+}
+
 /// A local JWKS endpoint whose document can be swapped and whose fetches are counted.
 struct JwksServer {
     url: String,

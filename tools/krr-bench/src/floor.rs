@@ -32,6 +32,21 @@ const TYPICAL_OF: usize = 1001;
 /// groups for a typical person of `snapshot` (the answer length nearest the mean of its
 /// first [`TYPICAL_OF`]), with the header set krr's answer has.
 pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
+    let body = typical_body(snapshot)?;
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvary: accept, accept-encoding\r\n\
+         x-request-id: 0123456789abcdef\r\ncontent-length: {}\r\ndate: {date}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The body of `/rest/v1/personer` with all groups for a typical person of `snapshot`: the
+/// answer length nearest the mean of its first [`TYPICAL_OF`].
+fn typical_body(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
     let snap = Snapshot::open(snapshot)
         .with_context(|| format!("opening the snapshot {}", snapshot.display()))?;
     let overlay = Overlay::new();
@@ -52,19 +67,10 @@ pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
         .collect();
     anyhow::ensure!(!bodies.is_empty(), "the snapshot holds no person");
     let mean = bodies.iter().map(Vec::len).sum::<usize>() / bodies.len();
-    let body = bodies
+    bodies
         .into_iter()
         .min_by_key(|b| b.len().abs_diff(mean))
-        .context("the snapshot holds no person")?;
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvary: accept, accept-encoding\r\n\
-         x-request-id: 0123456789abcdef\r\ncontent-length: {}\r\ndate: {date}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    Ok(out)
+        .context("the snapshot holds no person")
 }
 
 /// Serves `answer` to every request on `listener`, for ever.
@@ -181,8 +187,59 @@ fn request_length(buf: &[u8]) -> Result<Option<usize>, ()> {
     Ok((buf.len() >= whole).then_some(whole))
 }
 
-/// `krr-bench floor`: binds `listen` and serves a typical person of `snapshot`'s answer.
-pub fn run(listen: SocketAddr, snapshot: &Path) -> anyhow::Result<()> {
+/// Serves `body` to every request on `listener` through hyper's HTTP/1.1 server, set up
+/// as `krr serve` sets up its own (timer, 10 s header timeout, keep-alive, 64 KiB read
+/// buffer): the same head as krr's answer (hyper adds `content-length` and `date`), after
+/// the request's body is read whole. The floor under any service built on hyper, for ever.
+pub async fn serve_hyper(listener: tokio::net::TcpListener, body: bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, VARY};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .keep_alive(true)
+        .max_buf_size(BUFFER);
+    let builder = Arc::new(builder);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        // A service reads the body it is sent; an unreadable one ends here.
+                        req.into_body().collect().await?;
+                        let mut resp = hyper::Response::new(Full::new(body));
+                        let h = resp.headers_mut();
+                        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        h.insert(VARY, HeaderValue::from_static("accept, accept-encoding"));
+                        h.insert(
+                            HeaderName::from_static("x-request-id"),
+                            HeaderValue::from_static("0123456789abcdef"),
+                        );
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = builder.serve_connection(io, svc).await;
+        });
+    }
+}
+
+/// `krr-bench floor`: binds `listen` and serves a typical person of `snapshot`'s answer,
+/// with its own HTTP/1.1 reading and writing, or with hyper's (`hyper`).
+pub fn run(listen: SocketAddr, snapshot: &Path, hyper: bool) -> anyhow::Result<()> {
+    let body = typical_body(snapshot)?;
     let answer: Arc<[u8]> = answer(snapshot)?.into();
     // The service's runtime: multi-threaded, a worker per core (krr::cli's `runtime`).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -193,11 +250,16 @@ pub fn run(listen: SocketAddr, snapshot: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         eprintln!(
-            "krr-bench floor: answering every request on {} with a {}-byte answer",
+            "krr-bench floor: answering every request on {} with a {}-byte answer{}",
             listener.local_addr()?,
-            answer.len()
+            answer.len(),
+            if hyper { " through hyper" } else { "" }
         );
-        serve(listener, answer).await;
+        if hyper {
+            serve_hyper(listener, body.into()).await;
+        } else {
+            serve(listener, answer).await;
+        }
         Ok(())
     })
 }

@@ -62,6 +62,11 @@ enum Command {
         /// length nearest the mean of its first 1001).
         #[arg(long)]
         snapshot: PathBuf,
+        /// Read and write HTTP/1.1 with hyper, set up as `krr serve` sets it up (the
+        /// request's body read whole), instead of the floor's own few lines: the floor
+        /// under any service built on hyper.
+        #[arg(long)]
+        hyper: bool,
     },
 }
 
@@ -224,9 +229,11 @@ fn main() -> ExitCode {
         Command::Loadtest(args) => run_loadtest(*args),
         Command::Feed(args) => run_feed(args),
         Command::Peers { command } => run_peers(command),
-        Command::Floor { listen, snapshot } => {
-            floor::run(listen, &snapshot).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Floor {
+            listen,
+            snapshot,
+            hyper,
+        } => floor::run(listen, &snapshot, hyper).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
