@@ -48,7 +48,8 @@ pub fn parse_plain(body: &[u8], v2: bool) -> Option<PersonerRequest> {
     p.token(b"\"personidentifikatorer\"")?;
     p.token(b":")?;
     p.token(b"[")?;
-    let mut ids = Vec::new();
+    // Each id takes 14 bytes with its quotes and comma: room for all of them at once.
+    let mut ids = Vec::with_capacity((body.len() / 14).clamp(1, MAX_IDS + 1));
     loop {
         p.token(b"\"")?;
         let digits = p.b.get(p.at..p.at + 11)?;
