@@ -324,4 +324,36 @@ mod tests {
             );
         }
     }
+
+    /// The hyper floor answers each request, pipelined ones too, with the fixed body and
+    /// krr's header set, after reading its body.
+    #[tokio::test]
+    async fn the_hyper_floor_answers_every_request_with_the_body() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_hyper(
+            listener,
+            bytes::Bytes::from_static(b"{\"p\":1}"),
+        ));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let close =
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        c.write_all(&[REQ, close].concat()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{got}");
+        assert_eq!(got.matches("\r\n\r\n{\"p\":1}").count(), 2, "{got}");
+        for header in [
+            "content-type: application/json\r\n",
+            "vary: accept, accept-encoding\r\n",
+            "x-request-id: 0123456789abcdef\r\n",
+            "content-length: 7\r\n",
+        ] {
+            assert_eq!(got.matches(header).count(), 2, "{header} in {got}");
+        }
+    }
 }
