@@ -45,7 +45,9 @@ struct Sink {
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 /// Sends access lines (whole lines, newline included) to `write`, formatted as JSON or text.
-/// The first call wins.
+/// The first call wins. Whether `krr::access` is enabled is asked of the subscriber at the
+/// first line and kept: install the global subscriber (with its final filter) before the
+/// first request, and do not reload the filter or scope another subscriber afterwards.
 pub fn install(json: bool, write: impl Fn(&[u8]) + Send + Sync + 'static) {
     let _ = SINK.set(Sink {
         json,

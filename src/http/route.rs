@@ -228,10 +228,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, admission: Adm
     let (result, outcome) = usage::scope(request_id, work).await;
     let mut resp = result.unwrap_or_else(|e| e.into_response(&path));
     let (coding, len) = choose_coding(coding, &mut resp);
-    if coding == Coding::Identity {
-        state.meters.body(coding.label(), "identity", len, len);
-    } else {
-        resp = encode(&state.meters, coding, resp, len).await;
+    match coding.header() {
+        None => state.meters.body(coding.label(), "identity", len, len),
+        Some(name) => resp = encode(&state.meters, coding, name, resp, len).await,
     }
     drop(in_flight);
     let status = resp.status().as_u16();
@@ -317,19 +316,16 @@ fn choose_coding(coding: Coding, resp: &mut Resp) -> (Coding, u64) {
     (coding, len)
 }
 
-/// `resp` (with a body of `len` bytes) in `coding`, which is not identity.
+/// `resp` (with a body of `len` bytes) in `coding`, whose `Content-Encoding` is `name`.
 async fn encode(
     meters: &crate::http::meters::Meters,
     coding: Coding,
+    name: &'static str,
     resp: Resp,
     len: u64,
 ) -> Resp {
     use http_body_util::BodyExt;
     let (mut parts, body) = resp.into_parts();
-    let Some(name) = coding.header() else {
-        meters.body(coding.label(), "identity", len, len);
-        return Resp::from_parts(parts, body);
-    };
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(never) => match never {},

@@ -28,11 +28,9 @@ const BUFFER: usize = 64 * 1024;
 /// How many of the snapshot's first persons the typical answer is chosen from.
 const TYPICAL_OF: usize = 1001;
 
-/// The whole HTTP answer (head and body) to every request: `/rest/v1/personer` with all
-/// groups for a typical person of `snapshot` (the answer length nearest the mean of its
-/// first [`TYPICAL_OF`]), with the header set krr's answer has.
-pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
-    let body = typical_body(snapshot)?;
+/// The whole HTTP answer (head and body) to every request: `body` (see [`typical_body`])
+/// after a head with the header set krr's answer has.
+fn with_head(body: &[u8]) -> Vec<u8> {
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut out = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nvary: accept, accept-encoding\r\n\
@@ -40,8 +38,8 @@ pub fn answer(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
         body.len()
     )
     .into_bytes();
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
 }
 
 /// The body of `/rest/v1/personer` with all groups for a typical person of `snapshot`: the
@@ -240,7 +238,7 @@ pub async fn serve_hyper(listener: tokio::net::TcpListener, body: bytes::Bytes) 
 /// with its own HTTP/1.1 reading and writing, or with hyper's (`hyper`).
 pub fn run(listen: SocketAddr, snapshot: &Path, hyper: bool) -> anyhow::Result<()> {
     let body = typical_body(snapshot)?;
-    let answer: Arc<[u8]> = answer(snapshot)?.into();
+    let answer: Arc<[u8]> = with_head(&body).into();
     // The service's runtime: multi-threaded, a worker per core (krr::cli's `runtime`).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
