@@ -74,19 +74,25 @@ fn typical_body(snapshot: &Path) -> anyhow::Result<Vec<u8>> {
 /// Serves `answer` to every request on `listener`, for ever.
 pub async fn serve(listener: tokio::net::TcpListener, answer: Arc<[u8]>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            // Out of file descriptors and the like: wait rather than spin.
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let answer = answer.clone();
         tokio::spawn(async move {
             let _ = connection(stream, &answer).await;
         });
+    }
+}
+
+/// The next connection on `listener`, with Nagle's algorithm off.
+async fn accept(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            // Out of file descriptors and the like: wait rather than spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -200,14 +206,7 @@ pub async fn serve_hyper(listener: tokio::net::TcpListener, body: bytes::Bytes) 
         .max_buf_size(BUFFER);
     let builder = Arc::new(builder);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let body = body.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
