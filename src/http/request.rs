@@ -171,7 +171,7 @@ const RESERVE_AT_MOST: u64 = 16 * 1024;
 /// The whole body, within `--max-body-bytes` (413) and `--body-timeout` (408).
 ///
 /// Read frame by frame into one buffer (room for the declared `Content-Length`, up to
-/// [`RESERVE_AT_MOST`], reserved at once), and done as soon as the body says it has ended (for a declared length: once that many bytes came), without
+/// 16 KiB, reserved at once), and done as soon as the body says it has ended (for a declared length: once that many bytes came), without
 /// waiting for the end to be signalled on its own.
 pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
     use hyper::body::Body as _;
