@@ -352,15 +352,22 @@ pub const H2_MAX_STREAMS: u32 = 64;
 pub const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
+/// The HTTP/1.1 connection builder of both listeners: hyper's timer, the header timeout
+/// of `limits`, keep-alive, and the bounded read buffer.
+pub fn http1_builder(limits: &super::Limits) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        // Bounds what a client can queue: pipelined requests are read into this buffer
+        // and answered one at a time, so at most this much waits per connection.
+        .max_buf_size(MAX_READ_BUFFER);
+    h1
+}
+
 impl Builders {
     fn new(limits: &super::Limits) -> Builders {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .keep_alive(true)
-            // Bounds what a client can queue: pipelined requests are read into this buffer
-            // and answered one at a time, so at most this much waits per connection.
-            .max_buf_size(MAX_READ_BUFFER);
+        let h1 = http1_builder(limits);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)

@@ -192,19 +192,14 @@ fn request_length(buf: &[u8]) -> Result<Option<usize>, ()> {
 }
 
 /// Serves `body` to every request on `listener` through hyper's HTTP/1.1 server, set up
-/// as `krr serve` sets up its own (timer, 10 s header timeout, keep-alive, 64 KiB read
-/// buffer): the same head as krr's answer (hyper adds `content-length` and `date`), after
+/// by `krr serve`'s own builder with its default limits: the same head as krr's answer (hyper adds `content-length` and `date`), after
 /// the request's body is read whole. The floor under any service built on hyper, for ever.
 pub async fn serve_hyper(listener: tokio::net::TcpListener, body: bytes::Bytes) {
     use http_body_util::{BodyExt, Full};
     use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, VARY};
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10))
-        .keep_alive(true)
-        .max_buf_size(BUFFER);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(krr::http::server::http1_builder(
+        &krr::http::Limits::default(),
+    ));
     loop {
         let stream = accept(&listener).await;
         let body = body.clone();
